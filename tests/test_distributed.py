@@ -165,13 +165,13 @@ def _distrib_ctx(learn):
 
 def _fastai_worker(rank, res):
     import fastai.distributed
-    from lsuv_fastai.callback import LSUVCallback, training_inputs
+    from lsuv_fastai.callback import LSUVCallback, training_batches
     fastai.distributed.DistributedDL._broadcast = _broadcast_on_cpu
     # No init_process_group before this: accelerate creates it from the env vars, as under torchrun/accelerate launch
     cb = LSUVCallback(); learn = _learner([cb])
     res['init'] = weights(learn.model)
     with _distrib_ctx(learn), learn.no_bar(), learn.no_logging():
-        res['lsuv_batch'] = training_inputs(learn)[0]  # what the callback will use on this rank
+        res['lsuv_batch'] = training_batches(learn)[0][0]  # what the callback will use on this rank
         learn.fit(1, 1e-2)
     res['fit_report'],res['fit'] = cb.report.df, weights(learn.model)
     res['fit_model_unwrapped'] = not isinstance(learn.model, nn.parallel.DistributedDataParallel)

@@ -3,8 +3,7 @@ left exactly as it was (state_dict bitwise equal)."""
 import numpy as np, pytest, torch
 from torch import nn
 from lsuv_fastai.core import lsuv_init, layer_stats
-from _helpers import run_lsuv, copy_state, state_equal, snapshot, assert_same_snapshot, rng_states, assert_same_rng
-from _helpers import seed_each_test  # noqa: F401  (autouse fixture)
+from lsuv_fastai.test_utils import run_lsuv, copy_state, state_equal, snapshot, assert_same_snapshot, rng_states, assert_same_rng
 
 
 def mlp(): return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 3))

@@ -18,8 +18,8 @@ import pytest, torch
 from torch import nn
 import torchvision.models as tvm
 from lsuv_fastai.core import lsuv_init, layer_stats, lsuv_layers
-from _helpers import run_lsuv, assert_meets_targets, state_equal, ConvLayer, target_names
-from _helpers import seed_each_test  # noqa: F401  (autouse fixture)
+from lsuv_fastai.utils import module_names
+from lsuv_fastai.test_utils import run_lsuv, assert_meets_targets, state_equal, ConvLayer
 
 SEED = 42
 
@@ -35,7 +35,7 @@ def check_zoo(model, xb, *, train=True, seeded=False, allowed=('ok',), modules=N
     stats, checked = assert_meets_targets(model, xb, rep, modules=modules, train=train, seed=SEED if seeded else None)
     assert checked == (rep.df.status == 'ok').sum()
     # report and re-measurement agree on the result, not only on "within tol"
-    names = target_names(model)
+    names = {n: m for m, n in module_names(model).items()}
     for r in rep.df[rep.df.status == 'ok'].itertuples():
         assert abs(stats[names[r.name]][1] - r.std_after) <= 1e-4, (r.name, stats[names[r.name]], r.std_after)
     assert state_equal(bufs, {k: v for k, v in model.named_buffers()}), "BatchNorm running stats changed"

@@ -7,8 +7,7 @@ the shared weight got both factors: the report said 'ok' while the re-measured s
 import torch
 from torch import nn
 from lsuv_fastai.core import lsuv_layers
-from _helpers import run_lsuv, assert_meets_targets, ConvLayer
-from _helpers import seed_each_test  # noqa: F401  (autouse fixture)
+from lsuv_fastai.test_utils import run_lsuv, assert_meets_targets, ConvLayer, TiedLM
 
 
 def test_two_linears_sharing_one_weight():
@@ -18,15 +17,6 @@ def test_two_linears_sharing_one_weight():
     rep, ws = run_lsuv(m, xb)
     assert_meets_targets(m, xb, rep)
     assert rep.df.status[rep.df.name == '4'].item() == 'ok'
-
-
-class TiedLM(nn.Module):
-    "Embedding and output layer share their weight, as in most language models"
-    def __init__(self, v=20, d=16):
-        super().__init__()
-        self.emb, self.hid, self.out = nn.Embedding(v, d), nn.Linear(d, d), nn.Linear(d, v)
-        self.out.weight = self.emb.weight
-    def forward(self, x): return self.out(torch.tanh(self.hid(self.emb(x))))
 
 
 def test_tied_embedding_and_decoder():

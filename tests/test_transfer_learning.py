@@ -3,8 +3,7 @@ import pytest, torch
 from torch import nn
 from fastai.vision.all import create_body, create_head, resnet18
 from lsuv_fastai.core import lsuv_layers, layer_stats
-from _helpers import run_lsuv, assert_meets_targets, copy_state, state_equal
-from _helpers import seed_each_test  # noqa: F401  (autouse fixture)
+from lsuv_fastai.test_utils import run_lsuv, assert_meets_targets, copy_state, state_equal
 
 SEED = 7
 

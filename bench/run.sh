@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python bench/speed.py --threads 1
-python bench/quality.py
+python bench/quality.py --fresh --workers 2

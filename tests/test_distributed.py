@@ -217,3 +217,42 @@ def test_callback_after_distributed_trainer(fastai_runs):
     assert 'late_error' not in r0, r0.get('late_error')
     assert (r0['late_report'].status == 'ok').all() and r0['late_report'].equals(r1['late_report'])
     assert_identical(r0['late'], r1['late'])
+
+# ---------------------------------------------------------------- launched by torchrun, as users do
+TORCHRUN_SCRIPT = '''
+import os, sys, warnings, torch, torch.distributed as dist
+warnings.simplefilter('ignore')
+from torch import nn
+torch.set_num_threads(1)
+dist.init_process_group('gloo')
+rank = dist.get_rank()
+from lsuv_fastai.core import lsuv_init
+sys.path.insert(0, {tests!r})
+from test_distributed import net, batch, weights
+m = net(); lsuv_init(m, batch(rank))
+res = dict(core=weights(m))
+# fastai: distrib_ctx(cpu=True) on the process group torchrun set up, with DistributedDL's broadcast on the CPU
+import fastai.distributed
+from test_distributed import _learner, _broadcast_on_cpu
+from lsuv_fastai.callback import LSUVCallback
+fastai.distributed.DistributedDL._broadcast = _broadcast_on_cpu
+cb = LSUVCallback(); learn = _learner([cb])
+with learn.distrib_ctx(cpu=True), learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+res.update(fastai=weights(learn.model), fastai_ok=bool((cb.report.df.status == 'ok').all()))
+torch.save(res, os.path.join({out!r}, f'rank{{rank}}.pt'))
+dist.destroy_process_group()
+'''
+
+def test_torchrun_two_processes(tmp_path):
+    "`torchrun --nproc_per_node=2` on gloo: plain lsuv_init and the fastai callback give bitwise identical weights on both ranks"
+    import subprocess, sys
+    script = tmp_path/'train.py'
+    script.write_text(TORCHRUN_SCRIPT.format(tests=str(os.path.dirname(__file__)), out=str(tmp_path)))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={_free_port()}',
+                        str(script)], capture_output=True, text=True, timeout=RUN_TIMEOUT, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = [torch.load(tmp_path/f'rank{i}.pt', weights_only=False) for i in range(WORLD)]
+    assert_identical(res[0]['core'], res[1]['core'])
+    assert_close(res[0]['core'], single_process(torch.cat([batch(0), batch(1)])))   # float32 rounding apart
+    assert_identical(res[0]['fastai'], res[1]['fastai']) and res[0]['fastai_ok']

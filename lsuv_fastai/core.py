@@ -85,7 +85,7 @@ def _finite(v)->bool: return isinstance(v, Real) and not isinstance(v, bool) and
 
 @dataclass(frozen=True)
 class Settings:
-    "Targets of a pass: output `mean` (None: biases untouched) and `std`, reached to within `tol`, in at most `max_iters` corrections"
+    "The goal of a pass: each output's `mean` (None: biases untouched) and `std`, to within `tol`, in at most `max_iters` corrections"
     mean:float|None=0.; std:float=1.; tol:float=1e-3; max_iters:int=10
     def __post_init__(self):
         if not (_finite(self.std) and self.std > 0): raise ValueError(f"`std` must be a finite number > 0, got {self.std!r}")
@@ -139,15 +139,15 @@ def _dead(mean, std):
     if isinstance(std, torch.Tensor): return std <= (1e-7*mean.abs()).clamp_min(1e-12)
     return std <= max(1e-7*abs(mean), 1e-12)
 
-def _correction(mean, std, target:Settings, shifts:bool)->tuple:
-    "(a, c) that take an output of `mean` and `std` to the target: `y -> a*y + c`; (1, 0) for a dead output"
+def _correction(mean, std, goal:Settings, shifts:bool)->tuple:
+    "(a, c) that take an output of `mean` and `std` to the goal: `y -> a*y + c`; (1, 0) for a dead output"
     dead = _dead(mean, std)
     if isinstance(std, torch.Tensor):
-        a = torch.where(dead, 1., target.std/std)
-        return a, (torch.where(dead, 0., target.mean - a*mean) if shifts else torch.zeros_like(a))
+        a = torch.where(dead, 1., goal.std/std)
+        return a, (torch.where(dead, 0., goal.mean - a*mean) if shifts else torch.zeros_like(a))
     if dead: return 1., 0.
-    a = target.std/std
-    return a, (target.mean - a*mean if shifts else 0.)
+    a = goal.std/std
+    return a, (goal.mean - a*mean if shifts else 0.)
 
 # %% ../nbs/02_core.ipynb #ed3295b3
 def _affine_(y:torch.Tensor, a, c)->torch.Tensor:
@@ -160,14 +160,14 @@ def _derived(mean, std, a, c)->tuple:
     "Statistics of `a*y + c` from those of `y`"
     return a*mean + c, a*std
 
-def _trusted(mean, std, target:Settings):
+def _trusted(mean, std, goal:Settings):
     "True where the statistics derived after a correction are exact to within `tol/4` (see above)"
-    return target.std * (1e-5 + 1.2e-7*(1 + abs(mean)/std)) <= target.tol/4
+    return goal.std * (1e-5 + 1.2e-7*(1 + abs(mean)/std)) <= goal.tol/4
 
 # %% ../nbs/02_core.ipynb #46f8ea40
 class Status(str, Enum):
     "What LSUV did to a layer"
-    OK = 'ok'                        # its output is at the target, within tol
+    OK = 'ok'                        # its output is at the goal, within tol
     DEAD = 'dead'                    # its output has no variance: left as it was
     NOT_CALLED = 'not called'        # it did not run on the batch: left as it was
     NOT_CONVERGED = 'not converged'  # still off the target after max_iters corrections
@@ -182,7 +182,7 @@ class Target:
     found:tuple=(math.nan, math.nan)  # (mean, std) of its output as the pass found it (its inputs already corrected)
     final:tuple=(math.nan, math.nan)  # (mean, std) of its output after the correction
     scale:float=1.; shift:float=0.    # closed form: y -> scale*y + shift, written into the weights at the end
-    shifted:bool=False                # its mean is a target: it has a bias, and `mean` is not None
+    shifted:bool=False                # its mean is part of the goal: it has a bias, and `mean` is not None
     closed:bool=False                 # fitted in closed form (affine, not shared, a pure a*y + c correction)
     deferred:bool=False               # fitted in closed form: its correction is replayed, then applied at the end
     iters:int=0                       # corrections made
@@ -243,15 +243,15 @@ class _UseWatch(TorchFunctionMode):
 # %% ../nbs/02_core.ipynb #25f29355
 class _Pass:
     "One LSUV pass over `targets`: the forward hooks, and what they found"
-    def __init__(self, targets:list, target:Settings, reducer, undo:Undo, on_host:bool, shared:dict):
-        self.targets,self.target,self.reducer,self.undo,self.on_host,self.shared = targets,target,reducer,undo,on_host,shared
+    def __init__(self, targets:list, goal:Settings, reducer, undo:Undo, on_host:bool, shared:dict):
+        self.targets,self.goal,self.reducer,self.undo,self.on_host,self.shared = targets,goal,reducer,undo,on_host,shared
         self.by_module = {t.module: t for t in targets}
         self.order,self.claimed,self.watches = [],{},{}
         self.local = getattr(reducer, 'local', None)   # several batches: which one this thread runs
         for t in targets:
             if t.status is Status.SKIPPED: continue
             bias = t.params[1]
-            t.shifted = target.mean is not None and bias is not None
+            t.shifted = goal.mean is not None and bias is not None
             t.closed = is_affine(t.module) and t not in shared and (t.shifted or bias is None)
 
     def hook(self, m, args, kwargs, out):
@@ -294,7 +294,7 @@ def skipped(self, t, y)->bool:
 @patch_to(_Pass)
 def converged(self, t, stats)->bool:
     mean,std = stats
-    return abs(std - self.target.std) <= self.target.tol and (not t.shifted or abs(mean - self.target.mean) <= self.target.tol)
+    return abs(std - self.goal.std) <= self.goal.tol and (not t.shifted or abs(mean - self.goal.mean) <= self.goal.tol)
 
 # %% ../nbs/02_core.ipynb #43c074af
 def _non_finite(t)->ValueError:
@@ -315,11 +315,11 @@ def fit_closed_form(self, t, y)->bool:
     "Correct the affine layer's output in place (its weights follow at the end); False if it must be re-run instead"
     t.found = stats = self.measure(t, y, self.on_host)
     if self.on_host and _dead(*stats): t.final = stats; return True
-    if self.on_host and not _trusted(*stats, self.target): return False
-    a,c = _correction(*stats, self.target, t.shifted)
+    if self.on_host and not _trusted(*stats, self.goal): return False
+    a,c = _correction(*stats, self.goal, t.shifted)
     _affine_(y, a, c)
     t.scale,t.shift,t.iters,t.deferred,t.final = a, c, 1, True, _derived(*stats, a, c)   # the same in every batch
-    if not self.on_host: t.risky = ~_trusted(*stats, self.target) & ~_dead(*stats)
+    if not self.on_host: t.risky = ~_trusted(*stats, self.goal) & ~_dead(*stats)
     return True
 
 # %% ../nbs/02_core.ipynb #dbe4da47
@@ -331,9 +331,9 @@ def fit_by_rerun(self, t, args, kwargs, out):
     if not t.closed: t.found = self.measure(t, _main_tensor(out))   # (a closed-form layer handed over was measured)
     stats = t.found
     out0,original = out, (_params_copy(t) if first else None)
-    for k in range(1, self.target.max_iters + 1):
+    for k in range(1, self.goal.max_iters + 1):
         if self.converged(t, stats) or _dead(*stats): break
-        a,c = _correction(*stats, self.target, t.shifted)
+        a,c = _correction(*stats, self.goal, t.shifted)
         if first: t.step = self.rescale(t, a, c)
         changed,w0,b0 = t.step
         if not changed: break   # below the weight's precision (bfloat16)
@@ -356,9 +356,9 @@ def _unresponsive(before, after, a)->bool:
 
 @patch_to(_Pass)
 def distance(self, t, stats)->float:
-    "How far `stats` are from the target, relative to the target std"
+    "How far `stats` are from the goal, relative to the goal's std"
     mean,std = stats
-    return abs(std - self.target.std)/self.target.std + (abs(mean - self.target.mean)/self.target.std if t.shifted else 0.)
+    return abs(std - self.goal.std)/self.goal.std + (abs(mean - self.goal.mean)/self.goal.std if t.shifted else 0.)
 
 @patch_to(_Pass)
 def save_params(self, t):
@@ -584,7 +584,7 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
               verbose:bool=False, # Print the report
              )->LSUVReport:
     "Layer-sequential unit-variance init of `model`'s layers from one or more batches, in about one forward pass"
-    target = Settings(mean, std, tol, max_iters)
+    goal = Settings(mean, std, tol, max_iters)
     if not batches: raise TypeError("lsuv_init needs a batch: lsuv_init(model, xb)")
     batches = [_as_inputs(xb) for xb in batches]
     model = unwrap(model)
@@ -608,7 +608,7 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
             targets = new_targets()
             with torch.no_grad(): _prepare(model, targets, ranks, ortho, init_undo)
             for on_host in dict.fromkeys(({'host': True, 'device': False}.get(_PATH, device.type == 'cpu'), True)):
-                run = _Pass(targets, target, Lockstep(len(batches), ranks) if len(batches) > 1 else ranks, pass_undo, on_host,
+                run = _Pass(targets, goal, Lockstep(len(batches), ranks) if len(batches) > 1 else ranks, pass_undo, on_host,
                             _shared(names, targets))
                 run.run(model, batches)
                 ranks.sum([0.], -1)   # catches a target called on some ranks only

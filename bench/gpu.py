@@ -65,10 +65,9 @@ def time_case(build, shape, device, dtype, reps):
            'host path': lambda m: ours(m, x, device, dtype, 'host')}
     for i in range(reps + 1):   # the first repeat warms up (kernels, cudnn's algorithm search, lazy imports)
         for k, fn in fns.items():
-            m = copy.deepcopy(model); sync(device)
-            t = timed(lambda: fn(m), device)
+            fresh = copy.deepcopy(model); sync(device)
+            t = timed(lambda: fn(fresh), device)
             if i: runs[k].append(t*1e3)
-            del m
     rep = ours(copy.deepcopy(model), x, device, dtype)
     med = lambda v: statistics.median(v)
     ratio = lambda k: statistics.median(a/b for a, b in zip(runs[k], runs['forward']))

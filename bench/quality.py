@@ -40,7 +40,7 @@ Runs are merged into the JSON by (cell, init, seed) unless `--fresh`, so a study
 depth 20; 4 epochs at batch 64 (a quarter of the steps) reach ~0.7 and still separate the inits (one seed: Kaiming
 0.75 vs ours 0.69 at depth 20 ReLU, 0.67 vs 0.77 at depth 32 SiLU, 0.20 vs 0.96 on the 16-block residual net).
 """
-import argparse, json, math, os, statistics, sys, time
+import argparse, json, math, statistics, sys, time
 from multiprocessing import get_context
 from pathlib import Path
 import torch

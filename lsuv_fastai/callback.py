@@ -15,7 +15,7 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
 from fastai.torch_core import default_device
 from .core import lsuv_init, lsuv_targets, LSUVReport, Settings, scaled_params
-from .utils import preserved_rng, world_size, global_rank, unwrap, module_names, param_docs
+from .utils import preserved_rng, world_size, global_rank, unwrap, param_docs
 
 # %% auto #0
 __all__ = ['fit_in_progress', 'loader_state_kept', 'model_inputs', 'training_batches', 'WeightsSeen', 'trained_layers',
@@ -98,9 +98,14 @@ def training_batches(learn:Learner, # The learner whose training DataLoader give
 
 # %% ../nbs/03_callback.ipynb #ac04539e
 def _fingerprints(ps:list)->list:
-    "(sum, norm) of each tensor in float64, read in one transfer"
-    if not ps: return []
-    return torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().norm()]).cpu() for p in ps]).tolist()
+    "(sum, norm) of each tensor in float64, read in one transfer per device"
+    fs = [torch.stack([p.detach().double().sum(), p.detach().double().norm()]) for p in ps]
+    by_dev = {}
+    for i,f in enumerate(fs): by_dev.setdefault(f.device, []).append(i)
+    res = [None]*len(fs)
+    for idx in by_dev.values():
+        for i,v in zip(idx, torch.stack([fs[i] for i in idx]).tolist()): res[i] = v
+    return res
 
 class WeightsSeen:
     "What a model's weights were when seen: change counts and fingerprints; `changed` tells which were written with new values since"

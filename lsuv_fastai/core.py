@@ -9,7 +9,7 @@ from enum import Enum
 from numbers import Integral, Real
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-import torch, torch.distributed as dist
+import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from fastcore.basics import patch_to

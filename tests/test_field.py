@@ -4,7 +4,7 @@ Cases from the field-proof issue (numbered as there), then more of the same kind
 1 tied weights used functionally (AWD-LSTM language model), 2 resuming a checkpoint, 3 a pretrained body,
 4 plain torch loaders with several inputs, 5 batches of different shapes, 6 the batch order, 7 dict inputs,
 8 a spectral-norm layer is not even read, 9 torch.compile, 10 mean=None leaves biases bit-identical."""
-import copy, io, os, warnings
+import io, warnings
 from contextlib import redirect_stdout
 import pytest, torch
 from torch import nn
@@ -18,10 +18,10 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import set_seed
 from fastai.text.all import (AWD_LSTM, get_language_model, get_text_classifier, awd_lstm_lm_config, awd_lstm_clas_config,
                              LMDataLoader, SortedDL, pad_input_chunk, ModelResetter, RNNCallback)
-from lsuv_fastai.core import lsuv_init, lsuv_layers
+from lsuv_fastai.core import lsuv_init
 from lsuv_fastai.callback import LSUVCallback, training_batches, loader_state_kept
 from lsuv_fastai.test_utils import (run_lsuv, assert_meets_targets, copy_state, state_equal, snapshot, assert_same_snapshot,
-                                    TiedLM, synth_learner, deep_mlp, synth_dls)
+                                    TiedLM, synth_learner, deep_mlp)
 
 def params(m)->dict: return {k: v.detach().clone() for k, v in m.named_parameters()}
 

@@ -58,8 +58,8 @@ def preserved_rng():
 def _is_custom(m:nn.Module)->bool: return not type(m).__module__.startswith('torch.nn.')
 
 @contextmanager
-def preserved(model:nn.Module, keep:set=()):
-    "Put back on exit: training flags, buffers, custom modules' attributes (except `(module, name)` in `keep`), global RNGs, MHA fast path"
+def preserved(model:nn.Module):
+    "Put back on exit: training flags, buffers, custom modules' attributes, global RNGs, the MHA fast path"
     mods = list(model.modules())
     flags = [m.training for m in mods]
     bufs = [(m, k, b, b.clone()) for m in mods for k,b in m._buffers.items() if b is not None]
@@ -73,7 +73,7 @@ def preserved(model:nn.Module, keep:set=()):
         for m,saved in attrs:
             for k in [k for k in vars(m) if k not in saved]: delattr(m, k)
             for k,v in saved.items():
-                if vars(m).get(k, v) is not v and (m, k) not in keep: m.__dict__[k] = v
+                if vars(m).get(k, v) is not v: m.__dict__[k] = v
         for m,t in zip(mods, flags):
             if m.training is not t: m.training = t
         with torch.no_grad():
@@ -87,10 +87,6 @@ class Undo:
         "Remember tensor `obj`, or attribute `attr` of `obj`, unless already saved"
         key = (id(obj), attr)
         if key not in self.saved: self.saved[key] = (obj, attr, obj.detach().clone() if attr is None else getattr(obj, attr))
-    @property
-    def attrs(self)->set:
-        "(object, name) of every saved attribute"
-        return {(obj, attr) for obj,attr,_ in self.saved.values() if attr is not None}
     def undo(self):
         with torch.no_grad():
             for obj,attr,v in self.saved.values():

@@ -20,7 +20,7 @@ from torch import nn
 import torchvision.models as tvm
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_line, code_version, md_table
-import lsuv_fastai.core as core
+from lsuv_fastai.stats import forced_path
 from lsuv_fastai.core import lsuv_init, layer_stats
 
 RESULTS = Path(__file__).parent/'results'
@@ -52,10 +52,7 @@ def forward(m, x, device, dtype):
     with torch.no_grad(), autocast(device, dtype): m(x)
 
 def ours(m, x, device, dtype, path=None):
-    core._PATH = path
-    try:
-        with autocast(device, dtype): return lsuv_init(m, x)
-    finally: core._PATH = None
+    with (forced_path(path) if path else nullcontext()), autocast(device, dtype): return lsuv_init(m, x)
 
 def time_case(build, shape, device, dtype, reps):
     torch.manual_seed(0)

@@ -164,17 +164,16 @@ def target_table(results, ref):
 # ---- host reads: how often a pass waits for the device
 def host_reads(depths, width=32, batch=64):
     "{path: {depth: host reads of one lsuv_init}} for a plain MLP, on the host path (CPU) and the device path"
-    import lsuv_fastai.core as core
+    from lsuv_fastai.stats import forced_path
     from lsuv_fastai.test_utils import counting_host_reads
     res = {}
     for path in ('host', 'device'):
-        core._PATH, res[path] = path, {}
-        try:
+        res[path] = {}
+        with forced_path(path):
             for d in depths:
                 torch.manual_seed(0); m, x = mlp(d, width), torch.randn(batch, width)
                 with counting_host_reads() as c: lsuv_init(m, x)
                 res[path][d] = c.by
-        finally: core._PATH = None
     return res
 
 def host_reads_table(res):

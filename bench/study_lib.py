@@ -18,7 +18,7 @@ from fastai.callback.progress import ProgressCallback  # noqa: F401  (Learner.no
 from fastai.callback.schedule import ParamScheduler  # noqa: F401  (Learner.fit_one_cycle)
 from lsuv_fastai.core import lsuv_layers
 from lsuv_fastai.utils import preserved_rng
-from lsuv_fastai.callback import LSUVCallback, training_batches
+from lsuv_fastai.callback import LSUVCallback, training_batch
 from lsuv_fastai.demo import mnist1d_data, digits_data, make_dls, kaiming_init, orthogonal_init, peer_lsuv_init
 
 # ---- activations
@@ -126,7 +126,7 @@ def init_now(learn, init, cbs):
     "Apply `init` to `learn.model` now (as `fit` would for the callbacks); seconds"
     start = time.perf_counter()
     if INIT_FNS.get(init):
-        with preserved_rng(): INIT_FNS[init](learn.model, training_batches(learn)[0])
+        with preserved_rng(): INIT_FNS[init](learn.model, training_batch(learn))
     for cb in cbs: cb.initialize()
     return time.perf_counter() - start
 
@@ -174,7 +174,7 @@ def stream_profile(blocks:int, act:str, init:str, seeds, bs:int=64)->dict:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
             warnings.simplefilter('ignore')
             if init != 'pytorch default': init_now(learn, init, cbs)
-            rows.append(stream_stds(learn.model, training_batches(learn)[0][0]))
+            rows.append(stream_stds(learn.model, training_batch(learn)[0]))
     m = [statistics.mean(c) for c in zip(*rows)]
     return dict(stream=m[:-1], logits=m[-1])
 

@@ -8,22 +8,21 @@ host reads does not grow with depth."""
 import pytest, torch
 from torch import nn
 import torchvision.models as tvm
-import lsuv_fastai.core as core
+from lsuv_fastai.stats import forced_path
 from lsuv_fastai.core import lsuv_init
 from lsuv_fastai.test_utils import (run_lsuv, assert_meets_targets, counting_host_reads, copy_state, ConvLayer, TiedLM)
 
 
 @pytest.fixture
-def device_path(monkeypatch): monkeypatch.setattr(core, '_PATH', 'device')
+def device_path():
+    with forced_path('device'): yield
 
 
 def both_paths(make, *batches, **kw):
     "(host model, device model, device report) of `lsuv_init` on two copies of `make()`"
     a, b = make(), make()
     lsuv_init(a, *batches, **kw)
-    core._PATH = 'device'
-    try: rep = run_lsuv(b, *batches, **kw)[0]
-    finally: core._PATH = None
+    with forced_path('device'): rep = run_lsuv(b, *batches, **kw)[0]
     return a, b, rep
 
 
@@ -67,21 +66,23 @@ def test_non_finite_names_the_layer_and_changes_nothing(device_path):
 def test_dead_layer_is_left_alone(device_path):
     m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 3))
     with torch.no_grad(): m[0].weight.zero_(); m[0].bias.fill_(-1.)
-    w2 = m[2].weight.detach().clone()
+    sd = copy_state(m)
     rep, ws = run_lsuv(m, torch.randn(16, 4))
-    assert rep.df.status.tolist() == ['dead', 'ok', 'ok'] and any('no variance' in w for w in ws)
-    assert torch.equal(m[2].weight, w2) or not rep.df.iters[0]
+    assert rep.df.status.tolist() == ['dead', 'ok', 'ok']
+    assert any('no variance' in w for w in ws)
+    assert rep.df.iters.tolist() == [0, 1, 1]
+    for k in ('0.weight', '0.bias'): assert torch.equal(m.state_dict()[k], sd[k]), f'{k} of the dead layer changed'
+    assert not torch.equal(m.state_dict()['3.weight'], sd['3.weight'])   # the layers after it were adjusted
 
 
 @pytest.mark.parametrize('path', ['host', 'device'])
-def test_near_constant_layer_is_measured_with_its_new_weights(path, monkeypatch):
+def test_near_constant_layer_is_measured_with_its_new_weights(path):
     """|mean| far above the std: derived statistics cannot be trusted, and the folded bias a*b + c is the difference of
     two large float32 numbers. The layer is re-run with its new weights (the device path hands the pass to the host)."""
-    monkeypatch.setattr(core, '_PATH', path)
     m = nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 4))
     with torch.no_grad(): m[0].weight.mul_(1e-4); m[0].bias.fill_(3.)
     x = torch.randn(64, 4)
-    with counting_host_reads() as c: rep, _ = run_lsuv(m, x)
+    with forced_path(path), counting_host_reads() as c: rep, _ = run_lsuv(m, x)
     assert c.by.get('item', 0) > 0   # the host path measured layer by layer
     assert rep.df.status.tolist() == ['ok', 'ok'], rep
     assert_meets_targets(m, x, rep)

@@ -165,13 +165,13 @@ def _distrib_ctx(learn):
 
 def _fastai_worker(rank, res):
     import fastai.distributed
-    from lsuv_fastai.callback import LSUVCallback, training_batches
+    from lsuv_fastai.callback import LSUVCallback, training_batch
     fastai.distributed.DistributedDL._broadcast = _broadcast_on_cpu
     # No init_process_group before this: accelerate creates it from the env vars, as under torchrun/accelerate launch
     cb = LSUVCallback(); learn = _learner([cb])
     res['init'] = weights(learn.model)
     with _distrib_ctx(learn), learn.no_bar(), learn.no_logging():
-        res['lsuv_batch'] = training_batches(learn)[0][0]  # what the callback will use on this rank
+        res['lsuv_batch'] = training_batch(learn)[0]  # what the callback will use on this rank
         learn.fit(1, 1e-2)
     res['fit_report'],res['fit'] = cb.report.df, weights(learn.model)
     res['fit_model_unwrapped'] = not isinstance(learn.model, nn.parallel.DistributedDataParallel)
@@ -255,4 +255,5 @@ def test_torchrun_two_processes(tmp_path):
     res = [torch.load(tmp_path/f'rank{i}.pt', weights_only=False) for i in range(WORLD)]
     assert_identical(res[0]['core'], res[1]['core'])
     assert_close(res[0]['core'], single_process(torch.cat([batch(0), batch(1)])))   # float32 rounding apart
-    assert_identical(res[0]['fastai'], res[1]['fastai']) and res[0]['fastai_ok']
+    assert_identical(res[0]['fastai'], res[1]['fastai'])
+    assert res[0]['fastai_ok'] and res[1]['fastai_ok'], "the callback's report has a layer that is not 'ok'"

@@ -77,7 +77,8 @@ def test_integer_input_to_embedding_model():
 
 
 def test_integer_input_to_float_model():
-    assert_refused(mlp(), torch.randint(0, 5, (8, 4)), RuntimeError, '')
+    "torch's own error reaches the user (it names the dtypes), and the model is untouched"
+    assert_refused(mlp(), torch.randint(0, 5, (8, 4)), RuntimeError, 'must have the same dtype, but got Long and Float')
 
 
 def test_constant_integer_batch_to_embedding_model():

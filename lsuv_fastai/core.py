@@ -42,7 +42,7 @@ class _Pass:
         self.host = stats if stats.on_host else HostStats(stats.ranks)   # the re-run path reads every measurement
         self.by_module = {t.module: t for t in targets}
         self.fits = {t: Fit(Status.SKIPPED, t.skip) if t.skip else Fit() for t in targets}
-        self.closed = {t for t in targets if not t.skip and is_affine(t.module) and t not in shared and (t.shifted or t.bias is None)}
+        self.closed = {t for t in targets if t.affine and t not in shared and (t.shifted or t.bias is None)}
         self.order = {}         # the targets in the order they first ran
         self.corrections = {}   # closed form: target -> (a, c), replayed at later calls, written into the weights by `apply`
         self.risky = []         # device path: flags, True where a derived statistic cannot be trusted

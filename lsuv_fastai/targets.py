@@ -77,7 +77,7 @@ def skip_reason(m:nn.Module)->str|None:
     o = owner(m)
     if nn.utils.parametrize.is_parametrized(o): return 'parametrized weight'
     w,_ = scaled_params(m)
-    if isinstance(w, nn.parameter.UninitializedParameter): return 'lazy module not initialized yet: run one forward first'
+    if isinstance(w, nn.parameter.UninitializedTensorMixin): return 'lazy module not initialized yet: run one forward first'
     if not isinstance(w, torch.Tensor): return 'no weight'
     if any(type(h).__name__ in ('WeightNorm', 'SpectralNorm') for h in o._forward_pre_hooks.values()):
         return 'weight recomputed by a pre-hook'
@@ -123,13 +123,14 @@ class Target:
     weight:object; bias:object   # as `scaled_params` gives them: the bias may be None or a number
     skip:str|None                # why LSUV cannot adjust it, if it cannot
     shifted:bool                 # its mean is part of the goal: it has a bias, and the goal's `mean` is not None
+    affine:bool                  # its output is exactly `W x + b` (`is_affine`)
 
     @classmethod
     def of(cls, name:str, module:nn.Module, idx:int, goal:Settings):
         "The target `module`, named `name`, `idx`-th in the list (never reads a parametrized weight)"
-        why = skip_reason(module)
-        w,b = (None, None) if why else scaled_params(module)
-        return cls(name, module, idx, w, b, why, why is None and b is not None and goal.mean is not None)
+        if why := skip_reason(module): return cls(name, module, idx, None, None, why, False, False)
+        w,b = scaled_params(module)
+        return cls(name, module, idx, w, b, None, b is not None and goal.mean is not None, is_affine(module))
 
 # %% ../nbs/02_targets.ipynb #cbde6e5e
 def tensors(x)->list:
@@ -168,12 +169,20 @@ def one_batch(batches:list)->tuple:
 # %% ../nbs/02_targets.ipynb #21d29a4b
 _BATCH_PROBLEMS = [None, 'is empty', 'holds NaN or inf', 'is constant (e.g. all zeros): it has no variance to normalize']
 
+def _range(x:torch.Tensor)->list:
+    "[min, max] of `x` as floats, NaN if it holds NaN (real and imaginary parts of a complex tensor)"
+    x = x.detach()
+    if x.is_complex(): x = torch.view_as_real(x)
+    elif x.dtype == torch.bool: x = x.byte()
+    return torch.stack(torch.aminmax(x)).double().tolist()   # one pass over `x`, one read
+
 def batch_problem(xs)->int:
     "0 if the batch is usable, else the index of its problem in `_BATCH_PROBLEMS`"
     ts = tensors(xs)
     if any(x.ndim and x.shape[0] == 0 for x in ts) or all(x.numel() == 0 for x in ts): return 1
-    if any(not torch.isfinite(x).all() for x in ts if x.is_floating_point() or x.is_complex()): return 2
-    if all(bool((x == x.reshape(-1)[0]).all()) for x in ts if x.numel()): return 3  # integer inputs count too
+    ranges = [_range(x) for x in ts if x.numel()]
+    if not all(math.isfinite(v) for r in ranges for v in r): return 2
+    if all(lo == hi for lo,hi in ranges): return 3   # integer inputs count too
     return 0
 
 def n_samples(xs)->int:

@@ -160,11 +160,12 @@ def test_skip_reasons_and_target():
     assert skip_reason(nn.LazyLinear(2)).startswith('lazy module')
     lin = nn.Linear(2, 2)
     t = Target.of('x', lin, 3, Settings())
-    assert (t.name, t.module, t.idx, t.weight, t.bias, t.skip, t.shifted) == ('x', lin, 3, lin.weight, lin.bias, None, True)
+    assert (t.name, t.module, t.idx, t.weight, t.bias, t.skip, t.shifted, t.affine) == ('x', lin, 3, lin.weight, lin.bias, None, True, True)
+    assert not Target.of('x', nn.Linear(2, 2).half(), 0, Settings()).affine
     assert not Target.of('x', lin, 0, Settings(mean=None)).shifted
     assert not Target.of('x', nn.Linear(2, 2, bias=False), 0, Settings()).shifted
     s = Target.of('r', nn.ReLU(), 0, Settings())
-    assert (s.skip, s.weight, s.shifted) == ('no weight', None, False)
+    assert (s.skip, s.weight, s.bias, s.shifted, s.affine) == ('no weight', None, None, False, False)
 
 
 def test_main_tensor():
@@ -191,7 +192,10 @@ def test_batches():
 @pytest.mark.parametrize('xs,problem', [((torch.randn(3, 2),), 0), ((torch.zeros(0, 2),), 1), ((torch.zeros(0),), 1),
                                         ((torch.tensor([1., math.nan]),), 2), ((torch.tensor([1., math.inf]),), 2),
                                         ((torch.zeros(4, 2), torch.ones(4)), 3), ((torch.ones(3, dtype=torch.long),), 3),
-                                        ((torch.zeros(4, 2), torch.arange(4)), 0)])
+                                        ((torch.zeros(4, 2), torch.arange(4)), 0), ((torch.tensor([True, False]),), 0),
+                                        ((torch.tensor([True, True]),), 3), ((torch.tensor([1+1j, 1+2j]),), 0),
+                                        ((torch.tensor([1+1j, complex('nan')]),), 2), ((torch.full((3,), 1e20),), 3),
+                                        ((torch.tensor([-math.inf, 0.]),), 2), ((torch.zeros(0, 2), torch.randn(2)), 1)])
 def test_batch_problem(xs, problem):
     assert batch_problem(xs) == problem
 

@@ -21,8 +21,9 @@ from .core import LSUVReport
 from .callback import LSUVCallback, training_batch
 
 # %% auto #0
-__all__ = ['INIT_FNS', 'INIT_CBS', 'INITS', 'mnist1d_data', 'digits_data', 'make_dls', 'plain_convnet', 'kaiming_init',
-           'orthogonal_init', 'peer_lsuv_init', 'train_run', 'compare', 'plot_compare', 'main']
+__all__ = ['INIT_FNS', 'INIT_CBS', 'INITS', 'CLI_NAMES', 'mnist1d_data', 'digits_data', 'make_dls', 'plain_convnet',
+           'kaiming_init', 'orthogonal_init', 'peer_lsuv_init', 'train_run', 'compare', 'plot_compare', 'init_name',
+           'main']
 
 # %% ../nbs/08_demo.ipynb #dda35dc3
 @functools.cache
@@ -84,6 +85,8 @@ def peer_lsuv_init(model, xb):
 INIT_FNS = {'kaiming normal': kaiming_init, 'orthogonal': orthogonal_init, 'lsuv 0.3.0': peer_lsuv_init}
 INIT_CBS = {'ours': dict(given=True), 'ours (ortho)': dict(ortho=True, given=True)}  # LSUVCallback settings (given: for the plot)
 INITS = ['pytorch default', *INIT_FNS, *INIT_CBS]
+CLI_NAMES = {'pytorch-default': 'pytorch default', 'kaiming-normal': 'kaiming normal', 'orthogonal': 'orthogonal',
+             'lsuv-0.3.0': 'lsuv 0.3.0', 'ours': 'ours', 'ours-ortho': 'ours (ortho)'}  # `lsuv-demo --inits`: names without spaces
 
 # %% ../nbs/08_demo.ipynb #210e7178
 def train_run(init:str='ours', data:tuple=None, depth:int=20, ndim:int=1, epochs:int=8, lr:float=2e-3,
@@ -126,18 +129,25 @@ def plot_compare(df:pd.DataFrame, report:LSUVReport|None=None, title:str=''):
     return fig
 
 # %% ../nbs/08_demo.ipynb #f2ac1767
+def init_name(name:str)->str:
+    "The init `name` names on the command line (a name of `CLI_NAMES`, or, as before, one of `INITS`)"
+    if name in INITS: return name
+    if name in CLI_NAMES: return CLI_NAMES[name]
+    raise argparse.ArgumentTypeError(f"unknown init {name!r}; choose from {', '.join(CLI_NAMES)}")
+
 def main(argv=None):
     "Console entry point: `lsuv-demo --help`"
     p = argparse.ArgumentParser(description="LSUV vs other inits: a deep plain Conv1d net on MNIST-1D with fastai")
     p.add_argument('--depth', type=int, default=20, help='weight layers of the plain convnet')
     p.add_argument('--epochs', type=int, default=8)
-    p.add_argument('--inits', nargs='+', default=INITS, choices=INITS, metavar='INIT', help=f'from: {", ".join(INITS)}')
+    p.add_argument('--inits', nargs='+', default=INITS, type=init_name, metavar='INIT',
+                   help=f'from: {", ".join(CLI_NAMES)} (default: all)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=1, help='torch threads')
     p.add_argument('--out', default='lsuv_demo.png', help='PNG to write')
     a = p.parse_args(argv)
     try: import mnist1d
-    except ImportError: sys.exit('lsuv-demo needs the demo extra: pip install "lsuv-fastai[demo]"')
+    except ImportError: sys.exit('lsuv-demo needs the demo extra: from a checkout of the repository, pip install -e ".[demo]"')
     import matplotlib.pyplot as plt
     torch.set_num_threads(a.threads)
     print(f"Plain {a.depth}-layer Conv1d net (no BatchNorm) on MNIST-1D, {a.epochs} epochs, Adam + one-cycle, seed {a.seed}")

@@ -16,7 +16,7 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
 from fastai.torch_core import default_device
 from .utils import preserved_rng, world_size, global_rank, unwrap, param_docs
-from .targets import LSUV_TYPE_NAMES, lsuv_targets, scaled_params, Settings, one_batch, n_samples
+from .targets import LSUV_TYPE_NAMES, owner, lsuv_targets, scaled_params, Settings, one_batch, n_samples
 from .report import LSUVReport
 from .core import lsuv_init
 
@@ -128,7 +128,7 @@ def _fingerprints(ps:list)->list:
 class WeightsSeen:
     "What a model's weights were when seen: change counts and fingerprints; `changed` tells which were written with new values since"
     def __init__(self, model:nn.Module):
-        ps = list(unwrap(model).parameters())
+        ps = [p for p in unwrap(model).parameters() if not nn.parameter.is_lazy(p)]   # (a lazy one has no values yet)
         self.seen = {id(p): (p._version, f) for p,f in zip(ps, _fingerprints(ps))}
     def update(self, ps:list):
         "Take the current values of `ps` as seen (LSUV's own changes are no training)"
@@ -146,7 +146,7 @@ def trained_layers(learn:Learner, layers:list, seen:WeightsSeen, fitted_before:b
     if getattr(learn, 'pretrained', False):
         groups = learn.opt.param_lists if learn.opt is not None else learn.splitter(unwrap(learn.model))
         body = {id(p) for g in list(groups)[:-1] for p in g}
-    params = {m: [p for p in scaled_params(m) if isinstance(p, torch.Tensor)] for m in layers}
+    params = {m: list(owner(m).parameters()) for m in layers}   # what trains it (a weight-normed layer's g and v, say)
     changed = seen.changed([p for ps in params.values() for p in ps])
     res = {}
     for m,ps in params.items():

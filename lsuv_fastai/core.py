@@ -6,19 +6,19 @@
 from __future__ import annotations
 import math, time, warnings
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import contextmanager
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from .utils import unwrap, module_names, preserved, Undo, Local, AllRanks, world_size, param_docs
 from .targets import (LSUV_TYPES, LSUV_TYPE_NAMES, owner, lsuv_layers, lsuv_targets, select, scaled_params,
-                                 is_affine, main_tensor, Settings, Status, Target, tensors, one_batch, batch_problem, n_samples,
+                                 is_affine, weight_norm_g, main_tensor, Settings, Status, Target, tensors, one_batch, batch_problem, n_samples,
                                  _BATCH_PROBLEMS)
 from .stats import dead, correction, derived, trusted, affine_, HostStats, statistics_for
 from .report import Fit, row, LSUVReport, warn_about, layer_stats
+from .watch import shared_weights, _UseWatch
 
 # %% auto #0
-__all__ = ['shared_weights', 'lsuv_init']
+__all__ = ['lsuv_init']
 
 # %% ../nbs/05_core.ipynb #86f230c5
 def _non_finite(t:Target)->ValueError:
@@ -37,25 +37,28 @@ def _params_copy(m:nn.Module)->tuple:
 # %% ../nbs/05_core.ipynb #f51537cc
 class _Pass:
     "One LSUV pass over `targets`: the forward hooks, and what they found"
-    def __init__(self, targets:list, goal:Settings, stats, shared:dict, undo:Undo):
+    def __init__(self, targets:list, goal:Settings, stats, shared:dict, undo:Undo, eager:set=frozenset()):
         self.goal,self.stats,self.shared,self.undo = goal,stats,shared,undo
         self.host = stats if stats.on_host else HostStats(stats.ranks)   # the re-run path reads every measurement
         self.by_module = {t.module: t for t in targets}
         self.fits = {t: Fit(Status.SKIPPED, t.skip) if t.skip else Fit() for t in targets}
-        self.closed = {t for t in targets if t.affine and t not in shared and (t.shifted or t.bias is None)}
+        live = [t for t in targets if not t.skip]
+        self.closed = {t for t in live if t.affine and t not in shared and t not in eager and (t.shifted or t.bias is None)}
         self.order = {}         # the targets in the order they first ran
         self.corrections = {}   # closed form: target -> (a, c), replayed at later calls, written into the weights by `apply`
         self.risky = []         # device path: flags, True where a derived statistic cannot be trusted
         self.new_bias = {}      # re-run path: target -> the number LSUV set as its (numeric) bias
-        self.claimed,self.used_early = {},set()   # shared weights: id -> the target adjusting it; targets whose weight was used first
-        self.watch = _UseWatch([p for ps,_ in shared.values() for p in ps]) if shared else None
+        self.claimed = {}       # shared weights: id -> the target that adjusted it
+        self.watch = _UseWatch(live, self.order)
+        self.hooked = {t: None for t in live if t.module._forward_hooks}   # targets with forward hooks of the user's
 
-    def run(self, model:nn.Module, xb:tuple):
-        "Run `model` on the inputs `xb` with the hooks in place, then `finish`; False if the device path must give way"
-        hs = [t.module.register_forward_hook(self.hook, with_kwargs=True, prepend=True) for t in self.fits]
-        hs += [t.module.register_forward_pre_hook(self.note_use, prepend=True) for t in self.shared]
+    def run(self, model:nn.Module, xb:tuple)->bool:
+        "Run `model` on the inputs `xb` with the hooks in place, then `finish`; False if the pass must be made again"
+        hs = [t.module.register_forward_pre_hook(self.watch.enter, prepend=True) for t in self.watch.targets]   # (its pre-hooks are its call)
+        hs += [t.module.register_forward_hook(self.hook, with_kwargs=True, prepend=True) for t in self.fits]
+        hs += [t.module.register_forward_hook(self.after_user_hooks) for t in self.hooked]
         try:
-            with torch.no_grad(), (self.watch or nullcontext()): model(*xb)
+            with torch.no_grad(), self.watch: model(*xb)
         finally:
             for h in hs: h.remove()
         return self.finish()
@@ -63,34 +66,41 @@ class _Pass:
     def hook(self, m, args, kwargs, out):
         "At a target's first call: measure and fit it; at a later call: replay its correction"
         t = self.by_module[m]
+        self.watch.active.discard(t)
         if t in self.order: return self.replay(t, out)
         self.order[t] = None
         y = main_tensor(out)
         if t.skip or self.skipped(t, y): return out
-        if t in self.closed and self.fit_closed_form(t, y): return out
-        return self.fit_by_rerun(t, args, kwargs, out)
+        with self.watch.paused():
+            if t in self.closed and self.fit_closed_form(t, y): out = out
+            else: out = self.fit_by_rerun(t, args, kwargs, out)
+        if t in self.hooked: self.hooked[t] = (main_tensor(out), main_tensor(out)._version)
+        return out
 
     def replay(self, t, out):
-        if t in self.corrections: affine_(main_tensor(out), *self.corrections[t])
+        if t in self.corrections:
+            with self.watch.paused(): affine_(main_tensor(out), *self.corrections[t])
         return out
 
     def skipped(self, t, y)->bool:
-        "Skip `t` if its output is no float tensor, or its weight is shared and was used before it"
+        "Skip `t` if its output is no float tensor, or its weight was used before it ran (by another module, or directly)"
         why = None
         if y is None or not y.is_floating_point(): why = "returns no floating-point tensor"
-        elif t in self.shared:
-            ps,partners = self.shared[t]
-            first = next((self.claimed[id(p)] for p in ps if self.claimed.get(id(p), t) is not t), None)
-            if first is not None: why = f"shares its weight with '{first.name}', adjusted first"
-            elif t in self.used_early: why = f"shares its weight with {', '.join(partners)}, which used it before '{t.name}' ran"
-            else: self.claimed.update({id(p): t for p in ps})
+        elif t in self.shared and (first := next((self.claimed[id(p)] for p in self.shared[t][0] if id(p) in self.claimed), None)):
+            why = f"shares its weight with '{first.name}', adjusted first"
+        elif t in self.watch.early:
+            why = (f"shares its weight with {', '.join(self.shared[t][1])}, which used it before '{t.name}' ran" if t in self.shared else
+                   f"its weight was used outside it before it ran (a function call on `{t.name}.weight`?): left as it was, so that what used it stays consistent")
+        elif t in self.shared: self.claimed.update({id(p): t for p in self.shared[t][0]})
         if why: self.fits[t] = Fit(Status.SKIPPED, why)
         return why is not None
 
-    def note_use(self, m, args):
-        "Before a shared target's first call: note whether an operation has used its weight already"
+    def after_user_hooks(self, m, args, out):
+        "After the forward hooks of the user's on a target: note if they changed the output LSUV normalized"
         t = self.by_module[m]
-        if t not in self.order and any(id(p) in self.watch.used for p in self.shared[t][0]): self.used_early.add(t)
+        if isinstance(self.hooked.get(t), tuple):
+            y,version = self.hooked[t]
+            self.hooked[t] = main_tensor(out) is not y or y._version != version
 
     def measure(self, t, y, stats=None)->tuple:
         "(mean, std) of `y` over the global batch; raises naming `t` where the host sees a non-finite output"
@@ -155,8 +165,13 @@ class _Pass:
         if isinstance(b, torch.Tensor): b.copy_(new_b)
         elif b is not None: owner(t.module).bias = self.new_bias[t] = new_b
 
+    @property
+    def late(self)->set:
+        "Closed-form targets whose weight was used outside them after they ran: they must be re-run (weights written at once)"
+        return self.watch.late & set(self.corrections)
+
     def finish(self)->bool:
-        "Read the statistics (once) and decide every status; False if the device path cannot trust a statistic"
+        "Read the statistics (once) and decide every status; False if the pass must be made again (see `lsuv_init`)"
         self.stats.ranks.finish()
         fitted = [t for t in self.order if self.fits[t].status is not Status.SKIPPED]
         vals = self.stats.read([v for t in fitted for v in (*self.fits[t].found, *self.fits[t].final)] + self.risky)
@@ -164,7 +179,8 @@ class _Pass:
             fit = self.fits[t]
             fit.found,fit.final = tuple(vals[4*i:4*i+2]), tuple(vals[4*i+2:4*i+4])
             if not math.isfinite(fit.found[1]): raise _non_finite(t)
-        if any(vals[4*len(fitted):]): return False
+        self.untrusted = any(vals[4*len(fitted):])
+        if self.untrusted or self.late: return False
         for t in fitted:
             fit = self.fits[t]
             if dead(*fit.found): fit.status,fit.final,fit.iters = Status.DEAD, fit.found, 0; self.corrections.pop(t, None)
@@ -185,42 +201,10 @@ class _Pass:
             for t in bs: t.bias.mul_(self.corrections[t][0]).add_(self.corrections[t][1])
         for t,b in self.new_bias.items(): owner(t.module).bias = b   # `preserved` put the module's attributes back
 
-# %% ../nbs/05_core.ipynb #7d1f873c
-def _own(t:Target)->bool:
-    "True if `t`'s scaled tensors are parameters of `t`'s own module (or of its MHA's out_proj)"
-    return all(owner(t.module)._parameters.get(k) is p for k,p in (('weight', t.weight), ('bias', t.bias)) if isinstance(p, torch.Tensor))
-
-def _scaled_tensors(t:Target)->list: return [p for p in (t.weight, t.bias) if isinstance(p, torch.Tensor)]
-
-def shared_weights(names:dict, targets:list)->dict:
-    "{target: (its scaled tensors that other modules use too, names of those modules)}; `names` is `module_names(model)`"
-    live = [t for t in targets if not t.skip]
-    counts = Counter(id(p) for m in names for p in m._parameters.values() if p is not None)
-    if all(_own(t) and all(counts[id(p)] == 1 for p in _scaled_tensors(t)) for t in live): return {}   # the common case
-    holders = {}
-    for m in names:
-        for p in m._parameters.values():
-            if p is not None: holders.setdefault(id(p), []).append(m)
-    for t in live:   # a custom target may expose another module's weight as a property
-        for p in _scaled_tensors(t):
-            if t.module not in holders.setdefault(id(p), []): holders[id(p)].append(t.module)
-    target_mods,res = {t.module for t in targets}, {}
-    for t in live:
-        inside = {m for m in t.module.modules() if m not in target_mods}   # its own parts (MHA's out_proj) are no partners
-        others = {id(p): [m for m in holders[id(p)] if m is not t.module and m not in inside] for p in _scaled_tensors(t)}
-        ps = [p for p in _scaled_tensors(t) if others[id(p)]]
-        if ps: res[t] = (ps, sorted({f"'{names[m]}' ({type(m).__name__})" for p in ps for m in others[id(p)]}))
-    return res
-
-class _UseWatch(TorchFunctionMode):
-    "Notes which of the `watched` tensors any torch operation reads"
-    def __init__(self, watched): super().__init__(); self.ids,self.used = {id(p) for p in watched},set()
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        for a in (*args, *kwargs.values()):
-            for x in (a if isinstance(a, (list, tuple)) else (a,)):
-                if id(x) in self.ids: self.used.add(id(x))
-        return func(*args, **kwargs)
+    @property
+    def changed_by_hooks(self)->list:
+        "Targets whose output a forward hook of the user's changed after LSUV normalized it"
+        return [t for t,v in self.hooked.items() if v is True]
 
 # %% ../nbs/05_core.ipynb #bb5671cb
 def _check_batches(parts:list, ranks):
@@ -231,6 +215,10 @@ def _check_batches(parts:list, ranks):
             raise ValueError(f"LSUV: the {which} {_BATCH_PROBLEMS[p]}; the model was not changed")
     if ranks.samples(sum(n_samples(xs) for xs in parts)) == 1:
         warnings.warn("LSUV: a batch of one sample gives noisy statistics; use a larger batch", stacklevel=3)
+
+def _materialize(model:nn.Module, xb:tuple, mods:list):
+    "Run `model` once in eval mode so that its lazy modules take their shapes; their init draws from the global RNG, as at a first call"
+    with preserved(model, mods, rng=False), torch.no_grad(): model.eval(); model(*xb)
 
 def _orthonormal_(ws:list):
     "Orthonormal init of each weight in `ws`, in place (paper step 1), from a generator of its own, in float32"
@@ -244,8 +232,8 @@ def _prepare(model:nn.Module, targets:list, ranks, ortho:bool, undo:Undo):
         for t in ts: undo.save(t)
         ranks.broadcast_(ts)
         warnings.warn("LSUV: the ranks held different weights; rank 0's were broadcast to all, as DDP does", stacklevel=3)
-    if ortho:
-        ws = [t.weight for t in targets if not t.skip]
+    if ortho:   # (a weight-normed layer's `g` is a magnitude, not a matrix: it keeps its direction)
+        ws = [t.weight for t in targets if not t.skip and weight_norm_g(owner(t.module)) is None]
         for w in ws: undo.save(w)
         _orthonormal_(ws); ranks.broadcast_(ws)
 
@@ -270,11 +258,13 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
     parts = [one_batch([xb]) for xb in batches]
     model = unwrap(model)
     names = module_names(model)
-    targets = [Target.of(n, m, i, goal) for i,(n,m) in enumerate(select(model, modules, names))]
+    selected = select(model, modules, names)
     device = tensors(parts[0])[0].device
     ranks = AllRanks(device) if sync and world_size() > 1 else Local()
     _check_batches(parts, ranks)
     xb = one_batch(parts)
+    if any(nn.parameter.is_lazy(p) for p in model.parameters()): _materialize(model, xb, list(names))
+    targets = [Target.of(n, m, i, goal) for i,(n,m) in enumerate(selected)]
     before = layer_stats(model, xb, [t.module for t in targets], train) if given else None
     start = time.perf_counter()   # (the report's time is LSUV's own: `given` is measured before)
     shared = shared_weights(names, targets)
@@ -283,11 +273,11 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
         with preserved(model, list(names)):
             if any(m.training != train for m in names): model.train(train)
             with torch.no_grad(): _prepare(model, targets, ranks, ortho, prepared)
-            run = _Pass(targets, goal, statistics_for(device, ranks), shared, passed)
-            if not run.run(model, xb):   # the device path cannot trust a statistic: again on the host path, which measures
-                passed.undo()
-                run = _Pass(targets, goal, HostStats(ranks), shared, passed)
-                run.run(model, xb)
+            stats,eager = statistics_for(device, ranks), set()
+            while not (run := _Pass(targets, goal, stats, shared, passed, eager)).run(model, xb):
+                passed.undo()   # and again, with what this pass learned:
+                if run.untrusted: stats = HostStats(ranks)   # a statistic the device path cannot trust: the host measures instead
+                eager |= run.late   # closed-form targets the model used after they ran: re-run them (their weights change at once)
         with torch.no_grad(): run.apply()
     except BaseException:
         passed.undo(); prepared.undo(); raise
@@ -295,5 +285,8 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
     report = LSUVReport([row(t, run.fits[t]) for t in in_order], time.perf_counter() - start,
                         given=None if before is None else {names[m]: v for m,v in before.items()})
     warn_about(in_order, run.fits)
+    if hooked := run.changed_by_hooks:
+        warnings.warn(f"LSUV: forward hooks of yours change the output of {', '.join(repr(t.name) for t in hooked)}: LSUV normalized "
+                      "each layer's own output; the layers after it see what the hooks make of it (and were fitted to that)", stacklevel=2)
     if verbose: print(report)
     return report

@@ -28,9 +28,9 @@ __all__ = ['INIT_FNS', 'INIT_CBS', 'INITS', 'CLI_NAMES', 'mnist1d_data', 'digits
 # %% ../nbs/08_demo.ipynb #dda35dc3
 @functools.cache
 def mnist1d_data()->tuple:
-    "MNIST-1D as float tensors (x: N x 1 x 40) and labels: (x, y, x_test, y_test), generated locally"
+    "MNIST-1D as float tensors (x: N x 1 x 40) and labels: (x, y, x_test, y_test), generated locally (the global RNGs untouched)"
     from mnist1d.data import make_dataset, get_dataset_args
-    with redirect_stdout(io.StringIO()): d = make_dataset(get_dataset_args())
+    with redirect_stdout(io.StringIO()), preserved_rng(): d = make_dataset(get_dataset_args())   # (it seeds numpy and random)
     x = lambda a: torch.tensor(a, dtype=torch.float32).unsqueeze(1)
     return x(d['x']), torch.tensor(d['y']), x(d['x_test']), torch.tensor(d['y_test'])
 
@@ -93,8 +93,9 @@ def train_run(init:str='ours', data:tuple=None, depth:int=20, ndim:int=1, epochs
               bs:int=32, seed:int=0)->dict:
     "Train `plain_convnet(depth, ndim)` on `data` (default MNIST-1D) with init `init` (one of `INITS`)"
     if init not in INITS: raise ValueError(f"unknown init {init!r}; choose from {INITS}")
+    data = data or mnist1d_data()
     set_seed(seed)
-    dls = make_dls(data or mnist1d_data(), bs)
+    dls = make_dls(data, bs)
     model = plain_convnet(depth, ndim)
     cb = LSUVCallback(**INIT_CBS[init]) if init in INIT_CBS else None
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=Adam, cbs=cb)

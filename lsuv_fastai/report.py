@@ -103,14 +103,14 @@ def layer_stats(model:nn.Module, # The model to measure (it is not changed)
                 modules=None, # The layers to measure, as for `lsuv_init`
                 train:bool=True, # Measure in train mode (True) or eval mode (False)
                )->dict:
-    "{module: (mean, std)} of each target's output at its first call, measured with plain hooks in float64 (for checking LSUV)"
+    "{module: (mean, std)} of each target's own output at its first call, measured with plain hooks in float64 (for checking LSUV)"
     model = unwrap(model)
     targets = [m for _,m in select(model, modules, module_names(model))]
     res = {}
     def hook(m, i, o):
         y = main_tensor(o)
         if m not in res and y is not None: res[m] = (y.double().mean().item(), y.double().std().item())
-    hs = [m.register_forward_hook(hook) for m in targets]
+    hs = [m.register_forward_hook(hook, prepend=True) for m in targets]   # the layer's own output, before hooks of the user's
     try:
         with preserved(model), torch.no_grad(): model.train(train); model(*one_batch([xb]))
     finally:

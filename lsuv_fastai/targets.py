@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_targets.ipynb #9726a34a
 from __future__ import annotations
-import math, re
+import math, re, warnings
 from dataclasses import dataclass
 from enum import Enum
 from numbers import Integral, Real
@@ -13,9 +13,9 @@ from torch import nn
 from .utils import unwrap, module_names
 
 # %% auto #0
-__all__ = ['LSUV_TYPES', 'LSUV_TYPE_NAMES', 'owner', 'lsuv_layers', 'select', 'lsuv_targets', 'scaled_params', 'is_affine',
-           'main_tensor', 'skip_reason', 'Settings', 'Status', 'Target', 'tensors', 'one_batch', 'batch_problem',
-           'n_samples']
+__all__ = ['LSUV_TYPES', 'LSUV_TYPE_NAMES', 'SPECTRAL', 'owner', 'lsuv_layers', 'select', 'lsuv_targets', 'weight_norm_g',
+           'scaled_params', 'is_affine', 'main_tensor', 'skip_reason', 'Settings', 'Status', 'Target', 'tensors',
+           'one_batch', 'batch_problem', 'n_samples']
 
 # %% ../nbs/02_targets.ipynb #f78a9e8c
 LSUV_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -55,10 +55,21 @@ def lsuv_targets(model:nn.Module, modules=None)->list[nn.Module]:
     return [m for _,m in select(model, modules, module_names(model))]
 
 # %% ../nbs/02_targets.ipynb #35f79aef
+def weight_norm_g(o:nn.Module):
+    "The magnitude `g` of `o`'s weight if `o` is weight-normed (`parametrizations.weight_norm`, or the old `weight_norm`), else None"
+    ps = o.__dict__['_modules'].get('parametrizations')
+    if ps is not None:
+        wn = 'weight' in ps and len(ps.weight) == 1 and type(ps.weight[0]).__name__ == '_WeightNorm'
+        return ps.weight.original0 if wn else None
+    if any(type(h).__name__ == 'WeightNorm' and getattr(h, 'name', None) == 'weight' for h in o._forward_pre_hooks.values()):
+        return o._parameters.get('weight_g')
+    return None
+
 def scaled_params(m:nn.Module)->tuple:
-    "The (weight, bias) that LSUV adjusts on `m`; `bias` may be None or, on custom layers, a number"
+    "The (weight, bias) that LSUV adjusts on `m` (a weight-normed layer's weight: its magnitude `g`); `bias` may be None or, on custom layers, a number"
     o = owner(m)
-    return getattr(o, 'weight', None), getattr(o, 'bias', None)
+    g = weight_norm_g(o)
+    return (getattr(o, 'weight', None) if g is None else g), getattr(o, 'bias', None)
 
 def is_affine(m:nn.Module)->bool:
     "True if `m`'s output is exactly `W x + b` in its scaled weight and bias, so LSUV can solve it in closed form"
@@ -72,15 +83,18 @@ def main_tensor(out):
     return out if isinstance(out, torch.Tensor) else None
 
 # %% ../nbs/02_targets.ipynb #557798a0
+SPECTRAL = "spectral norm divides its weight by the largest singular value, so no rescale changes its output"
+
 def skip_reason(m:nn.Module)->str|None:
     "Why LSUV cannot adjust `m`, or None if it can (never reads a parametrized weight)"
     o = owner(m)
-    if nn.utils.parametrize.is_parametrized(o): return 'parametrized weight'
+    if nn.utils.parametrize.is_parametrized(o):
+        if any(type(p).__name__ == '_SpectralNorm' for ps in o.parametrizations.values() for p in ps): return SPECTRAL
+        if weight_norm_g(o) is None or len(o.parametrizations) > 1: return 'parametrized weight'
+    elif any(type(h).__name__ == 'SpectralNorm' for h in o._forward_pre_hooks.values()): return SPECTRAL
     w,_ = scaled_params(m)
     if isinstance(w, nn.parameter.UninitializedTensorMixin): return 'lazy module not initialized yet: run one forward first'
     if not isinstance(w, torch.Tensor): return 'no weight'
-    if any(type(h).__name__ in ('WeightNorm', 'SpectralNorm') for h in o._forward_pre_hooks.values()):
-        return 'weight recomputed by a pre-hook'
     return None
 
 # %% ../nbs/02_targets.ipynb #926c064c

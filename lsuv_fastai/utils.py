@@ -5,7 +5,7 @@
 # %% ../nbs/01_utils.ipynb #286ee420
 from __future__ import annotations
 import random
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 import torch, torch.distributed as dist
 from torch import nn
 
@@ -61,16 +61,16 @@ def preserved_rng():
 def _is_custom(m:nn.Module)->bool: return not type(m).__module__.startswith('torch.nn.')
 
 @contextmanager
-def preserved(model:nn.Module, mods:list|None=None):
-    "Put back on exit: training flags, buffers, custom modules' attributes, global RNGs, the MHA fast path (`mods`: `model`'s modules, if known)"
+def preserved(model:nn.Module, mods:list|None=None, rng:bool=True):
+    "Put back on exit: training flags, buffers, custom modules' attributes, global RNGs (unless not `rng`), the MHA fast path (`mods`: `model`'s modules, if known)"
     mods = list(model.modules()) if mods is None else mods
     flags = [m.training for m in mods]
-    bufs = [(m, k, b, b.clone()) for m in mods for k,b in m._buffers.items() if b is not None]
+    bufs = [(m, k, b, b.clone()) for m in mods for k,b in m._buffers.items() if b is not None and not nn.parameter.is_lazy(b)]
     attrs = [(m, dict(vars(m))) for m in mods if _is_custom(m)]
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         torch.backends.mha.set_fastpath_enabled(False)
-        with preserved_rng(): yield
+        with (preserved_rng() if rng else nullcontext()): yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m,saved in attrs:

@@ -16,13 +16,13 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
 from fastai.torch_core import default_device
 from .utils import preserved_rng, world_size, global_rank, unwrap, param_docs
-from .targets import LSUV_TYPE_NAMES, owner, lsuv_targets, scaled_params, Settings, one_batch, n_samples
+from .targets import LSUV_TYPE_NAMES, owner, lsuv_targets, scaled_params, weight_norm_g, skip_reason, Settings, one_batch, n_samples
 from .report import LSUVReport
 from .core import lsuv_init
 
 # %% auto #0
-__all__ = ['fit_in_progress', 'loader_state_kept', 'model_inputs', 'training_batch', 'WeightsSeen', 'trained_layers',
-           'LSUVCallback']
+__all__ = ['PRETRAINED_RATIO', 'fit_in_progress', 'loader_state_kept', 'model_inputs', 'training_batch', 'WeightsSeen',
+           'spectral_ratio', 'trained_layers', 'LSUVCallback']
 
 # %% ../nbs/06_callback.ipynb #38a14638
 def _event_of(frame):
@@ -139,6 +139,26 @@ class WeightsSeen:
         close = lambda a, b: all(abs(x - y) <= 1e-9*(abs(x) + abs(y)) + 1e-30 for x,y in zip(a, b))
         return {id(p) for p,f in zip(written, _fingerprints(written)) if not close(f, self.seen[id(p)][1])}
 
+# %% ../nbs/06_callback.ipynb #ec90f9ba
+PRETRAINED_RATIO = 1.2
+
+def spectral_ratio(w:torch.Tensor, iters:int=8)->float:
+    "Top singular value of `w` (as a matrix: rows by the rest) over `rms(w) (√m + √n)`, the edge of a random matrix's spectrum"
+    W = w.detach().float().reshape(w.shape[0], -1)
+    m,n = sorted(W.shape)
+    rms = W.pow(2).mean().sqrt()
+    if m < 2 or rms == 0: return 0.
+    if W.shape[0] > W.shape[1]: W = W.T
+    v = torch.randn(W.shape[1], generator=torch.Generator().manual_seed(0)).to(W.device)
+    for _ in range(iters): v = W.T @ (W @ v); s = v.norm(); v = v/s   # power iteration on WᵀW: from below
+    return (s.sqrt()/(rms*(m**0.5 + n**0.5))).item()
+
+def _looks_pretrained(m:nn.Module)->bool:
+    "True if `m`'s weight has the spectrum of trained weights (a parametrized weight is never read)"
+    if skip_reason(m) is not None or weight_norm_g(owner(m)) is not None: return False
+    w = scaled_params(m)[0]
+    return w.dim() > 1 and spectral_ratio(w) >= PRETRAINED_RATIO
+
 # %% ../nbs/06_callback.ipynb #41cdb2a3
 def trained_layers(learn:Learner, layers:list, seen:WeightsSeen, fitted_before:bool=False)->dict:
     "{layer: why it holds trained weights} for those of `layers` that LSUV should leave alone (rank 0 decides)"
@@ -154,6 +174,7 @@ def trained_layers(learn:Learner, layers:list, seen:WeightsSeen, fitted_before:b
         elif ps and not any(p.requires_grad for p in ps): res[m] = 'frozen'
         elif any(id(p) in body for p in ps): res[m] = 'pretrained body'
         elif any(id(p) in changed for p in ps): res[m] = 'loaded or changed since the callback joined'
+        elif _looks_pretrained(m): res[m] = 'looking pretrained'
     if world_size() > 1:
         box = [{i: res[m] for i,m in enumerate(layers) if m in res}]
         torch.distributed.broadcast_object_list(box, 0)
@@ -218,6 +239,10 @@ class LSUVCallback(Callback):
         layers = lsuv_targets(self.learn.model, kw.pop('modules'))
         self.left_alone = trained_layers(self.learn, layers, self.seen, self.fitted_before) if skip_trained else {}
         layers = [m for m in layers if m not in self.left_alone]
+        if layers and (n := sum(why == 'looking pretrained' for why in self.left_alone.values())):
+            warnings.warn(f"LSUV: {n} layers look pretrained and are left alone, while {len(layers)} look freshly initialized and "
+                          "are initialized. If the whole model was loaded from a checkpoint, load it with learn.load after building "
+                          "the Learner (the callback then leaves it all alone), or pass LSUVCallback(modules=...) the new layers", stacklevel=2)
         self.done,self.report = True,None
         if layers:
             self.report = lsuv_init(self.learn.model, training_batch(self.learn, n_batches), modules=layers, **kw)

@@ -201,3 +201,42 @@ def test_generating_mnist1d_leaves_the_global_rngs_alone():
     got = random.random(), np.random.rand(), torch.rand(1).item()
     random.seed(1); np.random.seed(1); torch.manual_seed(1)
     assert got == (random.random(), np.random.rand(), torch.rand(1).item())
+
+
+# ---------------------------------------------------------------- weights loaded before the Learner
+@pytest.mark.slow
+def test_weights_loaded_before_the_learner_that_look_pretrained_are_left_alone():
+    "A well-trained checkpoint loaded into the model before the Learner exists: its layers that look pretrained stay"
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from lsuv_fastai.test_utils import deep_mlp
+    from lsuv_fastai.callback import spectral_ratio, PRETRAINED_RATIO
+    learn = synth_learner(n=2048)
+    with learn.no_logging(): quiet(learn.fit, 30, 1e-2)
+    ckpt = copy_state(learn.model)
+    model = deep_mlp(seed=1); model.load_state_dict(ckpt)
+    looks = [spectral_ratio(l[0].weight if isinstance(l, nn.Sequential) else l.weight) >= PRETRAINED_RATIO for l in model]
+    assert sum(looks) >= 10, looks   # most of it: training grew their top singular values
+    learn = Learner(synth_dls(n=2048), model, loss_func=CrossEntropyLossFlat(), cbs=LSUVCallback())
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        _, out = quiet(learn.fit, 1, 0.)
+    assert f'{sum(looks)} looking pretrained' in out, out
+    assert any('look pretrained and are left alone' in str(w.message) for w in ws)
+    for i, (l, kept) in enumerate(zip(model, looks)):
+        w = l[0].weight if isinstance(l, nn.Sequential) else l.weight
+        key = f'{i}.0.weight' if isinstance(l, nn.Sequential) else f'{i}.weight'
+        assert torch.equal(w.detach(), ckpt[key]) == kept, (i, kept)
+
+
+def test_fresh_models_do_not_look_pretrained():
+    "No false positive: every target layer of freshly built models is below the threshold (bench/pretrained.py: 24 models)"
+    import torchvision.models as tvm
+    from fastai.vision.models.xresnet import xresnet18
+    from lsuv_fastai.targets import lsuv_layers, scaled_params
+    from lsuv_fastai.callback import spectral_ratio, PRETRAINED_RATIO
+    torch.manual_seed(0)
+    for model in (tvm.resnet18(), tvm.mobilenet_v3_small(), tvm.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128), xresnet18(),
+                  nn.Transformer(64, 4, 2, 2, 128)):
+        worst = max(spectral_ratio(scaled_params(l)[0]) for l in lsuv_layers(model))
+        assert worst < PRETRAINED_RATIO - 0.1, (type(model).__name__, worst)

@@ -9,7 +9,7 @@ import math
 import pytest, torch
 from torch import nn
 from lsuv_fastai.utils import Local
-from lsuv_fastai.targets import (LSUV_TYPES, lsuv_layers, select, scaled_params, is_affine, skip_reason, main_tensor, Settings,
+from lsuv_fastai.targets import (LSUV_TYPES, SPECTRAL, lsuv_layers, select, scaled_params, is_affine, skip_reason, main_tensor, Settings,
                                  Status, Target, one_batch, batch_problem, n_samples, tensors)
 from lsuv_fastai.stats import (dead, correction, derived, trusted, affine_, moments, mean_std, HostStats, DeviceStats,
                                forced_path, statistics_for)
@@ -153,10 +153,20 @@ def test_selection_and_types():
     assert len(LSUV_TYPES) == 8
 
 
+class Double(nn.Module):
+    def forward(self, w): return 2*w
+
+
 def test_skip_reasons_and_target():
     assert skip_reason(nn.Linear(2, 2)) is None and skip_reason(nn.ReLU()) == 'no weight'
-    assert skip_reason(nn.utils.parametrizations.spectral_norm(nn.Linear(2, 2))) == 'parametrized weight'
-    assert skip_reason(nn.utils.weight_norm(nn.Linear(2, 2))) == 'weight recomputed by a pre-hook'
+    assert skip_reason(nn.utils.parametrizations.spectral_norm(nn.Linear(2, 2))) == SPECTRAL
+    assert skip_reason(nn.utils.spectral_norm(nn.Linear(2, 2))) == SPECTRAL
+    assert skip_reason(nn.utils.weight_norm(nn.Linear(2, 2))) is None
+    assert skip_reason(nn.utils.parametrizations.weight_norm(nn.Linear(2, 2))) is None
+    double = nn.utils.parametrize.register_parametrization(nn.Linear(2, 2), 'weight', Double())
+    assert skip_reason(double) == 'parametrized weight'
+    both = nn.utils.parametrize.register_parametrization(nn.utils.parametrizations.weight_norm(nn.Linear(2, 2)), 'bias', Double())
+    assert skip_reason(both) == 'parametrized weight'
     assert skip_reason(nn.LazyLinear(2)).startswith('lazy module')
     lin = nn.Linear(2, 2)
     t = Target.of('x', lin, 3, Settings())

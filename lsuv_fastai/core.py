@@ -71,15 +71,16 @@ class _Pass:
         self.order[t] = None
         y = main_tensor(out)
         if t.skip or self.skipped(t, y): return out
-        with self.watch.paused():
-            if t in self.closed and self.fit_closed_form(t, y): out = out
-            else: out = self.fit_by_rerun(t, args, kwargs, out)
+        with torch._C.DisableTorchFunction():   # LSUV's own operations: no use of a weight by the model, and no cost
+            fitted = t in self.closed and self.fit_closed_form(t, y)
+        if not fitted:
+            with self.watch.paused(): out = self.fit_by_rerun(t, args, kwargs, out)
         if t in self.hooked: self.hooked[t] = (main_tensor(out), main_tensor(out)._version)
         return out
 
     def replay(self, t, out):
         if t in self.corrections:
-            with self.watch.paused(): affine_(main_tensor(out), *self.corrections[t])
+            with torch._C.DisableTorchFunction(): affine_(main_tensor(out), *self.corrections[t])
         return out
 
     def skipped(self, t, y)->bool:
@@ -263,7 +264,7 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
     ranks = AllRanks(device) if sync and world_size() > 1 else Local()
     _check_batches(parts, ranks)
     xb = one_batch(parts)
-    if any(nn.parameter.is_lazy(p) for p in model.parameters()): _materialize(model, xb, list(names))
+    if any(nn.parameter.is_lazy(p) for m in names for p in m._parameters.values()): _materialize(model, xb, list(names))
     targets = [Target.of(n, m, i, goal) for i,(n,m) in enumerate(selected)]
     before = layer_stats(model, xb, [t.module for t in targets], train) if given else None
     start = time.perf_counter()   # (the report's time is LSUV's own: `given` is measured before)

@@ -71,9 +71,9 @@ def scaled_params(m:nn.Module)->tuple:
     g = weight_norm_g(o)
     return (getattr(o, 'weight', None) if g is None else g), getattr(o, 'bias', None)
 
-def is_affine(m:nn.Module)->bool:
-    "True if `m`'s output is exactly `W x + b` in its scaled weight and bias, so LSUV can solve it in closed form"
-    w,_ = scaled_params(m)
+def is_affine(m:nn.Module, w=None)->bool:
+    "True if `m`'s output is exactly `W x + b` in its scaled weight (`w`, if known) and bias, so LSUV can solve it in closed form"
+    if w is None: w,_ = scaled_params(m)
     if not isinstance(w, torch.Tensor) or w.dtype not in (torch.float32, torch.float64): return False
     return any(isinstance(m, c) and type(m).forward is c.forward for c in LSUV_TYPES)
 
@@ -144,7 +144,7 @@ class Target:
         "The target `module`, named `name`, `idx`-th in the list (never reads a parametrized weight)"
         if why := skip_reason(module): return cls(name, module, idx, None, None, why, False, False)
         w,b = scaled_params(module)
-        return cls(name, module, idx, w, b, None, b is not None and goal.mean is not None, is_affine(module))
+        return cls(name, module, idx, w, b, None, b is not None and goal.mean is not None, is_affine(module, w))
 
 # %% ../nbs/02_targets.ipynb #cbde6e5e
 def tensors(x)->list:

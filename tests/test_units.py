@@ -79,6 +79,8 @@ def test_moments_and_mean_std():
     n, m = mean_std(0., 0., 0.)
     assert math.isnan(n) and m == 0.
     assert mean_std(2., 2., 2.) == (1., 0.)
+    assert mean_std(2., 4., 10.) == (2., 2**0.5)   # two samples, 1 and 3: unbiased std sqrt(2)
+    assert moments(torch.ones(1001, dtype=torch.bfloat16)) == [1001., 1001., 1001.]   # accumulated in float32, not bfloat16
 
 
 @pytest.mark.parametrize('stats', [HostStats, DeviceStats])
@@ -91,16 +93,67 @@ def test_measure_matches_float64(stats, scale, shift):
     assert std == pytest.approx(ref.std().item(), rel=1e-4)
 
 
+class TwoRanks:
+    "Plays two ranks in one process: each sum adds what the other rank, holding `other`, contributes at that step"
+    parts = 2
+    def __init__(self, other): self.other, self.tags = other.double().flatten(), []
+    def sum(self, v, tag):
+        o = self.other; self.tags.append(tag)
+        if isinstance(v, list):   # the host path: [n, sum, sum of squares], maybe around a shift (its mean so far)
+            shift = 0. if len(self.tags) == 1 else self.shift
+            res = [a + b for a, b in zip(v, [o.numel(), (o - shift).sum().item(), (o - shift).dot(o - shift).item()])]
+            self.shift = res[1]/res[0]
+            return res
+        if len(v) == 2:   # the device path, first sum: count and sum
+            res = v + torch.stack([torch.tensor(float(o.numel()), dtype=torch.float64), o.sum()]); self.mean = res[1]/res[0]
+            return res
+        return v + ((o - o.mean())**2).sum() + o.numel()*(o.mean() - self.mean)**2   # the spread around the global mean
+
+
+@pytest.mark.parametrize('stats', [HostStats, DeviceStats])
+@pytest.mark.parametrize('scale,shift', [(2., 5.), (1e-3, 50.)])
+def test_measure_over_two_ranks_gives_the_union(stats, scale, shift):
+    torch.manual_seed(0)
+    a, b = torch.randn(64, 10)*scale + shift, torch.randn(32, 7)*scale*2 + shift
+    ranks = TwoRanks(b)
+    mean, std = (float(v) for v in stats(ranks).measure(a, 7))
+    u = torch.cat([a.flatten(), b.flatten()]).double()
+    assert abs(mean - u.mean().item()) <= 1e-5*scale + (1e-7*shift if stats is DeviceStats else 0.)   # var_mean's float32 mean
+    assert std == pytest.approx(u.std().item(), rel=1e-5)
+    assert ranks.tags and set(ranks.tags) == {7}
+
+
+def test_device_measure_keeps_float64_and_small_counts():
+    y = 1 + 1e-9*torch.randn(1000, dtype=torch.float64)   # float32 would see a constant
+    assert DeviceStats(Local()).measure(y, 0)[1].item() == pytest.approx(y.std().item(), rel=1e-6)
+    assert DeviceStats(Local()).measure(torch.tensor([1., 3.]), 0)[1].item() == pytest.approx(2**0.5, rel=1e-7)
+    yb = (torch.arange(1001)/1000).bfloat16()
+    assert DeviceStats(Local()).measure(yb, 0)[0].item() == pytest.approx(yb.double().mean().item(), rel=1e-6)
+
+
+def test_host_measure_far_from_zero_is_exact():
+    "|mean| above 10 std: measured again around the mean, in float64"
+    torch.manual_seed(0)
+    y = torch.randn(64, 33)*1e-4 + 50
+    mean, std = HostStats(Local()).measure(y, 0)
+    assert abs(mean - y.double().mean().item()) <= 1e-3*1e-4
+    assert std == pytest.approx(y.double().std().item(), rel=1e-4)
+
+
 def test_host_measure_of_constant_and_non_finite():
     mean, std = HostStats(Local()).measure(torch.full((64, 1000), 3.3), 0)
     assert mean == pytest.approx(3.3, rel=1e-6) and std <= 1e-9*3.3
     assert math.isnan(HostStats(Local()).measure(torch.tensor([1., float('inf')]), 0)[1])
     assert math.isnan(HostStats(Local()).measure(torch.tensor([1., float('nan')]), 0)[0])
+    assert math.isnan(HostStats(Local()).measure(torch.tensor([3e19, -3e19]), 0)[1])   # the sum is finite, its squares are not
 
 
 def test_read():
+    from lsuv_fastai.test_utils import counting_host_reads
     t = torch.tensor(2.5, dtype=torch.float64)
-    assert DeviceStats(Local()).read([t, 1., True, torch.tensor(False)]) == [2.5, 1., 1., 0.]
+    with counting_host_reads() as c: got = DeviceStats(Local()).read([t, 0.1, True, torch.tensor(False), torch.tensor(0.25)])
+    assert got == [2.5, 0.1, 1., 0., 0.25]
+    assert c.n == 1   # one transfer, float64 throughout
     assert DeviceStats(Local()).read([1., 2.]) == [1., 2.]
     assert HostStats(Local()).read([1, 2.5]) == [1., 2.5]
 
@@ -120,6 +173,7 @@ def test_settings_reached_and_distance():
     assert g.reached(0.5, 2.24, True) and g.reached(0.74, 1.76, True) and not g.reached(0.5, 2.26, True)
     assert not g.reached(0.76, 2., True) and g.reached(0.76, 2., False) and not g.reached(0.24, 2., True)
     assert not g.reached(0.5, 1.74, True)
+    assert g.reached(0.5, 2.25, True) and g.reached(0.75, 2., True)   # exactly tol away (exact in binary) is reached
     assert g.distance(1.5, 3., True) == 1. and g.distance(1.5, 3., False) == 0.5 and g.distance(-0.5, 1., True) == 1.
     assert g.distance(0.5, 2., True) == 0.
 
@@ -145,7 +199,10 @@ def test_selection_and_types():
     names = module_names(m)
     assert [n for n, _ in select(m, None, names)] == ['0', '2', '3', '4']
     assert [n for n, _ in select(m, lambda o: [o[4], o[1], o[4]], names)] == ['4', '1']
-    with pytest.raises(ValueError, match='not part of the model'): select(m, [nn.Linear(1, 1)], names)
+    assert [n for n, _ in select(m, m[3], names)] == ['3']
+    with pytest.raises(ValueError, match='^`modules` lists a Linear that is not part of the model$'): select(m, [nn.Linear(1, 1)], names)
+    with pytest.raises(TypeError, match=r'^`modules` must be a module, an iterable of modules, or a function of the model returning one; got int$'):
+        select(m, 3, names)
     with pytest.raises(TypeError, match='nn.Module objects, got int'): select(m, [3], names)
     with pytest.raises(ValueError, match='No layer to initialize'): select(m, [], names)
     assert scaled_params(mha) == (mha.out_proj.weight, mha.out_proj.bias)
@@ -174,7 +231,8 @@ def test_skip_reasons_and_target():
     assert not Target.of('x', nn.Linear(2, 2).half(), 0, Settings()).affine
     assert not Target.of('x', lin, 0, Settings(mean=None)).shifted
     assert not Target.of('x', nn.Linear(2, 2, bias=False), 0, Settings()).shifted
-    s = Target.of('r', nn.ReLU(), 0, Settings())
+    s = Target.of('r', nn.ReLU(), 4, Settings())
+    assert (s.name, type(s.module), s.idx) == ('r', nn.ReLU, 4)
     assert (s.skip, s.weight, s.bias, s.shifted, s.affine) == ('no weight', None, None, False, False)
 
 
@@ -191,11 +249,19 @@ def test_batches():
     assert torch.equal(one_batch([a, b])[0], torch.cat([a, b]))
     x = one_batch([(a, [b, 1]), (b, [a, 1])])
     assert torch.equal(x[0], torch.cat([a, b])) and torch.equal(x[1][0], torch.cat([b, a])) and x[1][1] == 1
-    with pytest.raises(ValueError, match=r'differ in shape \(\(4, 3\), \(2, 5\)\)'): one_batch([a, torch.randn(2, 5)])
+    with pytest.raises(ValueError, match=r"^LSUV: the batches' inputs 0 differ in shape \(\(4, 3\), \(2, 5\)\); they are concatenated, so only the "
+                                         r"first dimension may differ: pad them to one shape, or pass one batch$"): one_batch([a, torch.randn(2, 5)])
+    with pytest.raises(ValueError, match=r"inputs 0 'x' differ in shape"): one_batch([({'x': a},), ({'x': torch.randn(2, 5)},)])
+    with pytest.raises(ValueError, match=r"inputs 0 1 differ in shape"): one_batch([((a, a),), ((b, torch.randn(2, 5)),)])
+    with pytest.raises(ValueError, match='differ in shape'): one_batch([torch.tensor(1.), torch.tensor(2.)])
+    d = one_batch([({'x': a, 'k': 'same'},), ({'x': b, 'k': 'same'},)])[0]
+    assert torch.equal(d['x'], torch.cat([a, b])) and d['k'] == 'same'
+    with pytest.raises(ValueError, match="^LSUV: the batches differ in the structure of their inputs 0 'k'; pass batches of one structure$"):
+        one_batch([({'x': a, 'k': 1},), ({'x': b, 'k': 2},)])
     with pytest.raises(ValueError, match='differ in shape'): one_batch([a, torch.tensor(1.)])
     with pytest.raises(ValueError, match='structure'): one_batch([(a, a), (b,)])
     with pytest.raises(ValueError, match='structure'): one_batch([({'x': a},), ({'y': b},)])
-    with pytest.raises(TypeError, match='a batch must be a tensor'): one_batch([[1, 2]])
+    with pytest.raises(TypeError, match="^a batch must be a tensor, or a tuple/list of the model's inputs holding tensors$"): one_batch([[1, 2]])
     assert len(tensors(({'a': a, 'b': [b, 3]}, None))) == 2
 
 
@@ -213,6 +279,7 @@ def test_batch_problem(xs, problem):
 def test_n_samples():
     assert n_samples(({'a': torch.randn(5, 2)}, torch.tensor(1.))) == 5
     assert n_samples((torch.randn(2, 7), torch.randn(3))) == 3
+    assert n_samples((torch.tensor(1.),)) == 1
 
 
 # ---- report
@@ -271,3 +338,39 @@ def test_rerun_path_counts_its_corrections():
     assert rep.df.iters.tolist() == [0, 0]
     with pytest.warns(UserWarning, match='did not reach'): rep = lsuv_init(m, x, modules=[m[0]], std=3., max_iters=1)
     assert rep.df.iters.tolist() == [1] and rep.df.status.tolist() == ['not converged']   # one correction is not enough here
+
+
+# ---- what the mutation check asked for
+def test_weight_norm_g_and_scaled_params():
+    import warnings
+    warnings.filterwarnings('ignore', message='.*torch.nn.utils.weight_norm.* is deprecated')
+    from lsuv_fastai.targets import weight_norm_g, lsuv_targets
+    new, old = nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)), nn.utils.weight_norm(nn.Linear(3, 4))
+    assert weight_norm_g(new) is new.parametrizations.weight.original0 and scaled_params(new)[0] is new.parametrizations.weight.original0
+    assert weight_norm_g(old) is old.weight_g and scaled_params(old)[0] is old.weight_g
+    assert scaled_params(old)[1] is old.bias
+    class NamedHook:   # a pre-hook that is no weight norm, though it has `name == 'weight'`
+        name = 'weight'
+        def __call__(self, m, args): pass
+    lin = nn.Linear(3, 4); lin.register_forward_pre_hook(NamedHook())
+    assert weight_norm_g(lin) is None and scaled_params(lin)[0] is lin.weight
+    m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    assert lsuv_targets(nn.DataParallel(m)) == [m[0], m[2]] and lsuv_targets(m, lambda o: [o[2]]) == [m[2]]
+
+
+def test_affine_keeps_float64_and_small_counts():
+    y = torch.zeros(3, dtype=torch.float64)
+    assert affine_(y, 1., 0.1).tolist() == [0.1]*3   # the shift in float64, not rounded to float32
+    assert batch_problem((torch.zeros(2, 0),)) == 1      # no elements, though 2 rows
+    a, b = torch.tensor([1.]), torch.tensor([3.])
+    for stats in (HostStats, DeviceStats):
+        assert float(stats(TwoRanks(b)).measure(a, 0)[1]) == pytest.approx(2**0.5, rel=1e-7)   # two samples in all
+    yb = (torch.linspace(0, 1, 1001)**2).bfloat16()
+    assert DeviceStats(Local()).measure(yb, 0)[0].item() == pytest.approx(yb.double().mean().item(), rel=1e-6)   # not in bfloat16
+
+
+def test_concat_keeps_equal_values_that_are_not_the_same_object():
+    big1, big2 = int('1000000'), int('1000000')
+    assert big1 is not big2
+    x = one_batch([(torch.randn(2, 3), big1), (torch.randn(1, 3), big2)])
+    assert x[0].shape == (3, 3) and x[1] == 1000000

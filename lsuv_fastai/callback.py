@@ -262,7 +262,6 @@ class LSUVCallback(Callback):
             return f"LSUV: nothing to initialize: all {len(self.left_alone)} layers hold trained weights ({left}); LSUVCallback(skip_trained=False) forces it"
         return self.report.summary() + (f'; left alone {len(self.left_alone)} layers with trained weights ({left})' if left else '')
 
-# %% ../nbs/06_callback.ipynb #84ba3ed7
 param_docs(LSUVCallback, lsuv_init);
 
 # %% ../nbs/06_callback.ipynb #d1f07f4d

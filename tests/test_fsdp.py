@@ -54,14 +54,20 @@ def _after(res, x):
     m = shard(net())
     ps = list(m.parameters())
     rep = lsuv_init(m, x)
+    res['same_params'] = all(p is q for p,q in zip(ps, m.parameters()))   # the shards, not gathered copies (before `full`, which reshards)
     res['status'],res['weights'] = rep.df.status.tolist(), full(m)
-    res['same_params'] = all(p is q for p,q in zip(ps, m.parameters()))
     opt = torch.optim.SGD(m.parameters(), lr=1e-2)   # (before a forward: the root's gathered copies are no parameters to train)
     with torch.no_grad(): res['out'] = m(x)   # the next forward sees the new weights (none left gathered from the pass)
     loss = m(x).pow(2).mean(); loss.backward(); opt.step()
     res['loss'] = loss.item()
     res['grads_finite'] = all(p.grad is not None and bool(p.grad.full_tensor().isfinite().all()) for p in m.parameters())
     res['stepped'] = full(m)
+
+def _after_forward(res, x):
+    "A forward under no_grad before LSUV leaves the root's weights gathered: LSUV still writes into the shards"
+    m = shard(net())
+    with torch.no_grad(): m(x)
+    lsuv_init(m, x); res['after_forward'] = full(m)
 
 def _ortho(res, x):
     m = shard(net()); rep = lsuv_init(m, x, ortho=True)
@@ -91,7 +97,7 @@ def _tensor_parallel(res, x):
     res['tp_error'] = _error(lambda: lsuv_init(tp, x))
     res['tp_unchanged'] = all(torch.equal(v, before[k]) for k,v in local(tp).items())
 
-CASES = dict(after=_after, ortho=_ortho, meta=_meta, unsynced=_unsynced, tensor_parallel=_tensor_parallel)
+CASES = dict(after=_after, after_forward=_after_forward, ortho=_ortho, meta=_meta, unsynced=_unsynced, tensor_parallel=_tensor_parallel)
 
 def _worker(rank, res):
     "Every case in a row (refusals last: should one rank not raise, the ranks would be out of step); a case's error is kept as its result"
@@ -116,6 +122,11 @@ def test_after_fully_shard_matches_single_process_on_global_batch(runs):
     ran(runs, 'after')
     ref = single_process(global_batch())
     for r in range(WORLD): assert_close(runs[r]['weights'], ref, rel=REL)
+
+def test_after_a_forward_under_no_grad(runs):
+    ran(runs, 'after_forward')
+    ref = single_process(global_batch())
+    for r in range(WORLD): assert_close(runs[r]['after_forward'], ref, rel=REL)
 
 def test_after_fully_shard_parameters_kept_and_next_forward_uses_new_weights(runs):
     ran(runs, 'after')

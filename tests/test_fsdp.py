@@ -6,7 +6,7 @@ import os, sys, traceback
 import pytest, torch, torch.distributed as dist
 from torch import nn
 sys.path.insert(0, os.path.dirname(__file__))
-from test_distributed import _spawn, WORLD, Rerun, assert_close
+from test_distributed import _spawn, WORLD, Rerun, assert_close, _learner, mlp
 from lsuv_fastai.core import lsuv_init
 
 # Sharded results against a single process: float32 weights scaled by factors computed from the same sums added in
@@ -113,6 +113,25 @@ def ran(runs, case):
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory): return _spawn(_worker, tmp_path_factory.mktemp('fsdp'))
 
+def _fastai_worker(rank, res):
+    "A fastai Learner training an FSDP2-sharded model (each Linear, then the root) with LSUVCallback, no distrib_ctx"
+    import fastai.callback.progress   # (no_bar)
+    from fastai.callback.core import Callback
+    from lsuv_fastai.callback import LSUVCallback, training_batch
+    class AfterLSUV(Callback):
+        order = LSUVCallback.order + 1
+        def before_fit(self): res['lsuv'] = full(self.model)
+    learn = _learner([LSUVCallback(), AfterLSUV()])
+    from torch.distributed.fsdp import fully_shard
+    for i in (0, 2, 4): fully_shard(learn.model[i])
+    fully_shard(learn.model)
+    res['init'],res['batch'] = full(learn.model), training_batch(learn)[0]   # what the callback uses on this rank
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    res['report'],res['fit'],res['losses'] = learn.lsuv.report.df, full(learn.model), learn.recorder.values
+
+@pytest.fixture(scope='module')
+def fastai_runs(tmp_path_factory): return _spawn(_fastai_worker, tmp_path_factory.mktemp('fsdp_fastai'))
+
 # ---------------------------------------------------------------- the tests
 def test_after_fully_shard_every_layer_ok(runs):
     ran(runs, 'after')
@@ -174,3 +193,16 @@ def test_tensor_parallel_refused_with_model_unchanged(runs):
         assert "'5.weight' (Shard(dim=1))" in e, e
         assert 'tensor parallel' in e, e
         assert runs[r]['tp_unchanged']
+
+def test_callback_on_sharded_model(fastai_runs):
+    "The callback initializes the sharded model from the global batch (this rank's training batch on each rank), then trains"
+    r0,r1 = fastai_runs
+    assert (r0['report'].status == 'ok').all(), r0['report']
+    assert r0['report'].equals(r1['report'])
+    assert not torch.equal(r0['batch'], r1['batch'])
+    m = mlp(); m.load_state_dict(r0['init'])
+    lsuv_init(m, torch.cat([r0['batch'], r1['batch']]))
+    for r in range(WORLD): assert_close(fastai_runs[r]['lsuv'], dict(m.state_dict()), rel=REL)
+    assert_close(r0['fit'], r1['fit'], rel=0)
+    assert not torch.equal(r0['fit']['0.weight'], r0['lsuv']['0.weight'])
+    assert torch.isfinite(torch.tensor(r0['losses'])).all()

@@ -69,6 +69,13 @@ def _after_forward(res, x):
     with torch.no_grad(): m(x)
     lsuv_init(m, x); res['after_forward'] = full(m)
 
+def _device_path(res, x):
+    "The path an accelerator takes (statistics kept as tensors, corrections written tensor by tensor), forced on the CPU"
+    from lsuv_fastai.stats import forced_path
+    m = shard(net())
+    with forced_path('device'): rep = lsuv_init(m, x)
+    res['device_status'],res['device'] = rep.df.status.tolist(), full(m)
+
 def _ortho(res, x):
     m = shard(net()); rep = lsuv_init(m, x, ortho=True)
     res['ortho_status'],res['ortho'] = rep.df.status.tolist(), full(m)
@@ -97,7 +104,7 @@ def _tensor_parallel(res, x):
     res['tp_error'] = _error(lambda: lsuv_init(tp, x))
     res['tp_unchanged'] = all(torch.equal(v, before[k]) for k,v in local(tp).items())
 
-CASES = dict(after=_after, after_forward=_after_forward, ortho=_ortho, meta=_meta, unsynced=_unsynced, tensor_parallel=_tensor_parallel)
+CASES = dict(after=_after, after_forward=_after_forward, device_path=_device_path, ortho=_ortho, meta=_meta, unsynced=_unsynced, tensor_parallel=_tensor_parallel)
 
 def _worker(rank, res):
     "Every case in a row (refusals last: should one rank not raise, the ranks would be out of step); a case's error is kept as its result"
@@ -163,6 +170,14 @@ def test_after_fully_shard_training_step(runs):
         assert runs[r]['grads_finite']
     assert_close(runs[0]['stepped'], runs[1]['stepped'], rel=0)   # one model: every rank sees the same full weights
     assert not torch.equal(runs[0]['stepped']['3.weight'], runs[0]['weights']['3.weight'])
+
+def test_device_path_matches_single_process(runs):
+    from lsuv_fastai.stats import forced_path
+    ran(runs, 'device_path')
+    with forced_path('device'): ref = single_process(global_batch())
+    for r in range(WORLD):
+        assert runs[r]['device_status'] == ['ok']*5, runs[r]['device_status']
+        assert_close(runs[r]['device'], ref, rel=REL)
 
 def test_ortho_on_shards_matches_single_process(runs):
     ran(runs, 'ortho')

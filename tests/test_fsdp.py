@@ -91,6 +91,16 @@ def _meta(res, x):
     rep = lsuv_init(m, x)
     res['meta_status'],res['meta'] = rep.df.status.tolist(), full(m)
 
+class Boom(nn.Module):
+    def forward(self, x): raise RuntimeError('boom')
+
+def _undone(res, x):
+    "A pass that raises after layers were corrected (closed form and re-run, in blocks and the root) leaves the shards as they were"
+    m = net(); m.append(Boom()); shard(m)
+    before = local(m)
+    res['undone_error'] = _error(lambda: lsuv_init(m, x))
+    res['undone_unchanged'] = all(torch.equal(v, before[k]) for k,v in local(m).items())
+
 def _unsynced(res, x):
     m = shard(net()); before = local(m)
     res['unsynced_error'] = _error(lambda: lsuv_init(m, x, sync=False))
@@ -104,7 +114,8 @@ def _tensor_parallel(res, x):
     res['tp_error'] = _error(lambda: lsuv_init(tp, x))
     res['tp_unchanged'] = all(torch.equal(v, before[k]) for k,v in local(tp).items())
 
-CASES = dict(after=_after, after_forward=_after_forward, device_path=_device_path, ortho=_ortho, meta=_meta, unsynced=_unsynced, tensor_parallel=_tensor_parallel)
+CASES = dict(after=_after, after_forward=_after_forward, device_path=_device_path, ortho=_ortho, meta=_meta, undone=_undone,
+             unsynced=_unsynced, tensor_parallel=_tensor_parallel)
 
 def _worker(rank, res):
     "Every case in a row (refusals last: should one rank not raise, the ranks would be out of step); a case's error is kept as its result"
@@ -191,6 +202,12 @@ def test_meta_device_recipe(runs):
     assert r0['meta_status'] == ['ok']*5, r0['meta_status']
     assert_close(r0['meta'], single_process(global_batch(), start=r0['meta_start']), rel=REL)
     assert_close(runs[1]['meta'], r0['meta'], rel=0)
+
+def test_failed_pass_leaves_shards_unchanged(runs):
+    ran(runs, 'undone')
+    for r in range(WORLD):
+        assert runs[r]['undone_error'] == 'RuntimeError: boom', runs[r]['undone_error']
+        assert runs[r]['undone_unchanged']
 
 def test_sync_false_refused_on_sharded_model(runs):
     ran(runs, 'unsynced')

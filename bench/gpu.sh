@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The device checks, as one prepared run on a machine with a CUDA GPU: the notebooks' CUDA cells (and the slow ones),
-# the test suite, then the GPU benchmark (writes bench/results/gpu.md). About 5-8 minutes on one H200.
+# the test suite, the GPU benchmark (writes bench/results/gpu.md), then LSUV on an FSDP2-sharded model (NCCL).
+# About 5-8 minutes on one H200.
 # The machine needs this project's dependencies (pip install -e ".[dev]"). Without network, carry them as wheels in
 # .whl/ (see the device tool's README) : they are installed from there first.
 set -uo pipefail
@@ -12,4 +13,6 @@ rc=0
 timeout 240 nbdev-test --flags "slow cuda" --n-workers 1 || rc=1
 timeout 240 python3 -m pytest -q -x tests/test_device_path.py tests/test_model_zoo.py || rc=1
 timeout 300 python3 bench/gpu.py || rc=1
+# FSDP2 on CUDA with NCCL (one process per GPU): lsuv_init after fully_shard, the meta-device recipe
+timeout 180 python3 -m torch.distributed.run --nproc_per_node="$(python3 -c 'import torch; print(torch.cuda.device_count())')" bench/fsdp_cuda.py || rc=1
 exit $rc

@@ -15,7 +15,7 @@ from fastcore.meta import delegates
 from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
 from fastai.torch_core import default_device
-from .utils import preserved_rng, world_size, global_rank, unwrap, param_docs
+from .utils import preserved_rng, world_size, global_rank, unwrap, param_docs, local, reshard
 from .targets import LSUV_TYPE_NAMES, owner, lsuv_targets, scaled_params, weight_norm_g, skip_reason, Settings, one_batch, n_samples
 from .report import LSUVReport
 from .core import lsuv_init
@@ -116,8 +116,8 @@ def training_batch(learn:Learner, # The learner whose training DataLoader gives 
 
 # %% ../nbs/06_callback.ipynb #19a315b0
 def _fingerprints(ps:list)->list:
-    "(sum, norm) of each tensor in float64, read in one transfer per device"
-    fs = [torch.stack([p.detach().double().sum(), p.detach().double().norm()]) for p in ps]
+    "(sum, norm) of each tensor in float64 (of this rank's part of a sharded one), read in one transfer per device"
+    fs = [torch.stack([local(p).detach().double().sum(), local(p).detach().double().norm()]) for p in ps]
     by_dev = {}
     for i,f in enumerate(fs): by_dev.setdefault(f.device, []).append(i)
     res = [None]*len(fs)
@@ -128,6 +128,7 @@ def _fingerprints(ps:list)->list:
 class WeightsSeen:
     "What a model's weights were when seen: change counts and fingerprints; `changed` tells which were written with new values since"
     def __init__(self, model:nn.Module):
+        reshard(unwrap(model))   # FSDP2: the parameters are the shards (a forward may have left gathered copies)
         ps = [p for p in unwrap(model).parameters() if not nn.parameter.is_lazy(p)]   # (a lazy one has no values yet)
         self.seen = {id(p): (p._version, f) for p,f in zip(ps, _fingerprints(ps))}
     def update(self, ps:list):
@@ -236,6 +237,7 @@ class LSUVCallback(Callback):
         "Run LSUV on `learn.model` now; `kwargs` override the callback's settings for this run"
         kw = {**dict(modules=self.modules, n_batches=self.n_batches, skip_trained=self.skip_trained), **self.lsuv_kwargs, **kwargs}
         n_batches,skip_trained,verbose = kw.pop('n_batches'), kw.pop('skip_trained'), kw.pop('verbose', False)
+        reshard(unwrap(self.learn.model))   # FSDP2: the layers' weights are the shards, as `seen` saw them
         layers = lsuv_targets(self.learn.model, kw.pop('modules'))
         self.left_alone = trained_layers(self.learn, layers, self.seen, self.fitted_before) if skip_trained else {}
         layers = [m for m in layers if m not in self.left_alone]

@@ -9,7 +9,8 @@ from collections import Counter
 from contextlib import contextmanager
 import torch
 from torch import nn
-from .utils import unwrap, module_names, preserved, Undo, Local, AllRanks, world_size, param_docs
+from .utils import (unwrap, module_names, preserved, Undo, Local, AllRanks, world_size, param_docs, write_,
+                               mirror_, reshard, check_placements)
 from .targets import (LSUV_TYPES, LSUV_TYPE_NAMES, owner, lsuv_layers, lsuv_targets, select, scaled_params,
                                  is_affine, weight_norm_g, main_tensor, Settings, Status, Target, tensors, one_batch, batch_problem, n_samples,
                                  _BATCH_PROBLEMS)
@@ -147,7 +148,7 @@ class _Pass:
         return out
 
     def save_params(self, t):
-        w,b = scaled_params(t.module)
+        w,b = t.weight, t.bias   # (FSDP2: the shards, whose gathered copy the layer runs on; `reshard` drops that copy)
         self.undo.save(w)
         if t.shifted: self.undo.save(*((b,) if isinstance(b, torch.Tensor) else (owner(t.module), 'bias')))
 
@@ -165,6 +166,7 @@ class _Pass:
         w.copy_(new_w)
         if isinstance(b, torch.Tensor): b.copy_(new_b)
         elif b is not None: owner(t.module).bias = self.new_bias[t] = new_b
+        mirror_(t.weight, w); mirror_(t.bias, b)   # FSDP2: into the shards too, which the next forward gathers
 
     @property
     def late(self)->set:
@@ -188,6 +190,7 @@ class _Pass:
             else: fit.status = Status.OK if self.goal.reached(*fit.final, t.shifted) else Status.NOT_CONVERGED
         return True
 
+    @torch.no_grad()
     def apply(self):
         "Write the closed-form corrections into the weights, in place, and set the re-run layers' numeric biases again"
         ts = list(self.corrections)
@@ -221,10 +224,12 @@ def _materialize(model:nn.Module, xb:tuple, mods:list):
     "Run `model` once in eval mode so that its lazy modules take their shapes; their init draws from the global RNG, as at a first call"
     with preserved(model, mods, rng=False), torch.no_grad(): model.eval(); model(*xb)
 
-def _orthonormal_(ws:list):
-    "Orthonormal init of each weight in `ws`, in place (paper step 1), from a generator of its own, in float32"
+def _orthonormal_(ws:list, ranks):
+    "Orthonormal init of each weight in `ws`, in place (paper step 1), from a generator of its own, in float32, rank 0's on every rank"
     g = torch.Generator().manual_seed(torch.initial_seed())
-    for w in ws: w.copy_(nn.init.orthogonal_(torch.empty(w.shape, dtype=torch.float32), generator=g))
+    for w in ws:
+        q = nn.init.orthogonal_(torch.empty(w.shape, dtype=torch.float32), generator=g).to(w.device)
+        ranks.broadcast_([q]); write_(w, q)   # (FSDP2: each rank keeps its part of rank 0's matrix)
 
 def _prepare(model:nn.Module, targets:list, ranks, ortho:bool, undo:Undo):
     "Make the ranks agree on the weights, then the orthonormal pre-init if asked"
@@ -236,7 +241,8 @@ def _prepare(model:nn.Module, targets:list, ranks, ortho:bool, undo:Undo):
     if ortho:   # (a weight-normed layer's `g` is a magnitude, not a matrix: it keeps its direction)
         ws = [t.weight for t in targets if not t.skip and weight_norm_g(owner(t.module)) is None]
         for w in ws: undo.save(w)
-        _orthonormal_(ws); ranks.broadcast_(ws)
+        _orthonormal_(ws, ranks)
+    reshard(model)   # FSDP2: a forward before (`given`) left the root's weights gathered; the pass gathers the new ones
 
 # %% ../nbs/05_core.ipynb #466031d8
 @param_docs
@@ -258,6 +264,7 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
     if not batches: raise TypeError("lsuv_init needs a batch: lsuv_init(model, xb)")
     parts = [one_batch([xb]) for xb in batches]
     model = unwrap(model)
+    check_placements(model, sync); reshard(model)   # FSDP2: the targets' weights are the shards, not gathered copies
     names = module_names(model)
     selected = select(model, modules, names)
     device = tensors(parts[0])[0].device
@@ -279,9 +286,10 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
                 passed.undo()   # and again, with what this pass learned:
                 if run.untrusted: stats = HostStats(ranks)   # a statistic the device path cannot trust: the host measures instead
                 eager |= run.late   # closed-form targets the model used after they ran: re-run them (their weights change at once)
-        with torch.no_grad(): run.apply()
+        run.apply()
     except BaseException:
         passed.undo(); prepared.undo(); raise
+    finally: reshard(model)   # FSDP2: the next forward gathers the new weights, not the pass's copies
     in_order = [*run.order, *(t for t in targets if t not in run.order)]
     report = LSUVReport([row(t, run.fits[t]) for t in in_order], time.perf_counter() - start,
                         given=None if before is None else {names[m]: v for m,v in before.items()})

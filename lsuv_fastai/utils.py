@@ -4,14 +4,15 @@
 
 # %% ../nbs/01_utils.ipynb #286ee420
 from __future__ import annotations
-import random
+import random, sys
 from contextlib import contextmanager, nullcontext
 import torch, torch.distributed as dist
 from torch import nn
 
 # %% auto #0
 __all__ = ['unwrap', 'module_names', 'param_docs', 'preserved_rng', 'preserved', 'Undo', 'world_size', 'global_rank',
-           'LayerOrderError', 'Local', 'AllRanks']
+           'LayerOrderError', 'Local', 'AllRanks', 'is_dtensor', 'local', 'whole', 'write_', 'mirror_', 'fsdp_modules',
+           'reshard', 'fsdp_shards', 'check_placements']
 
 # %% ../nbs/01_utils.ipynb #99c24d73
 def unwrap(model:nn.Module)->nn.Module:
@@ -152,12 +153,79 @@ class AllRanks:
         "The largest `i` over the ranks"
         t = torch.tensor([i], device=self.device); dist.all_reduce(t, op=dist.ReduceOp.MAX); return int(t.item())
     def agree(self, model)->bool:
-        "Whether every rank holds the same parameters and buffers (compared by their sums)"
-        ts = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+        "Whether every rank holds the same parameters and buffers (compared by their sums; FSDP2's shards are skipped)"
+        ts = [local(t) for t in (*model.parameters(), *model.buffers()) if t.is_floating_point() and whole(t)]
         f = torch.stack([t.detach().double().sum() for t in ts]) if ts else torch.zeros(1, dtype=torch.float64, device=self.device)
         hi,lo = f.clone(), -f
         dist.all_reduce(hi, op=dist.ReduceOp.MAX); dist.all_reduce(lo, op=dist.ReduceOp.MAX)
         return bool((hi == -lo).all())
     def broadcast_(self, ts:list):
-        "Rank 0's values of the tensors `ts` on every rank, in place"
-        for t in ts: dist.broadcast(t.data, 0)
+        "Rank 0's values of the tensors `ts` on every rank, in place (FSDP2's shards are left alone)"
+        for t in ts:
+            if whole(t): dist.broadcast(local(t).data, 0)
+
+# %% ../nbs/01_utils.ipynb #afea5a80
+def _dtensor_type():
+    "The `DTensor` class, or None if nobody imported it (then no tensor is one)"
+    return getattr(sys.modules.get('torch.distributed.tensor._api'), 'DTensor', None)
+
+def is_dtensor(t)->bool:
+    "True if `t` is a `DTensor`"
+    DT = _dtensor_type(); return DT is not None and isinstance(t, DT)
+
+def local(t):
+    "This rank's part of `t` if it is a `DTensor`, else `t`"
+    return t.to_local() if is_dtensor(t) else t
+
+def whole(t)->bool:
+    "True if every rank holds all of `t`: a plain tensor, or a `DTensor` replicated over a mesh of every rank"
+    if not is_dtensor(t): return True
+    from torch.distributed.tensor import Replicate
+    return all(isinstance(p, Replicate) for p in t.placements) and t.device_mesh.size() == world_size()
+
+def write_(dst, src):
+    "Copy `src`, a whole tensor equal on every rank, into `dst` in place: into this rank's part if `dst` is a `DTensor`"
+    if is_dtensor(dst):
+        from torch.distributed.tensor import distribute_tensor
+        src = distribute_tensor(src.detach().to(dst.device), dst.device_mesh, dst.placements, src_data_rank=None)
+    dst.copy_(src)
+
+def mirror_(shards, t):
+    "Write `t`, a layer's gathered copy of a parameter, into the parameter's `shards` (FSDP2) unless they are `t` itself"
+    if t is not shards and is_dtensor(shards): write_(shards, t)
+
+def fsdp_modules(model:nn.Module)->list:
+    "The modules of `model` that FSDP2's `fully_shard` manages"
+    api = sys.modules.get('torch.distributed.fsdp._fully_shard._fully_shard')
+    return [] if api is None else [m for m in model.modules() if isinstance(m, api.FSDPModule)]
+
+def reshard(model:nn.Module):
+    "FSDP2: register the shards as the parameters again, dropping gathered copies, so the next forward gathers the current values"
+    for m in fsdp_modules(model): m.reshard()
+
+def fsdp_shards(model:nn.Module)->set:
+    "ids of the parameters FSDP2 shards over the data-parallel ranks and gathers whole for the forward (not on top of tensor parallel)"
+    res = set()
+    for m in fsdp_modules(model):
+        state = m._get_fsdp_state()
+        groups = getattr(state, '_fsdp_param_groups', None) or [g for g in [getattr(state, '_fsdp_param_group', None)] if g]
+        res |= {id(p.sharded_param) for g in groups for p in g.fsdp_params if not p.is_dtensor}
+    return res
+
+def check_placements(model:nn.Module, sync:bool=True):
+    "Raise, naming them, if `model` has `DTensor` parameters or buffers other than FSDP2's shards, or if `sync=False` on shards"
+    if _dtensor_type() is None: return
+    ok = fsdp_shards(model)
+    bad = [f"'{k}' ({', '.join(map(repr, t.placements))})" for k,t in (*model.named_parameters(), *model.named_buffers())
+           if is_dtensor(t) and id(t) not in ok]
+    if bad:
+        more = f' and {len(bad) - 6} more' if len(bad) > 6 else ''
+        raise ValueError(f"LSUV cannot initialize a model whose parameters are DTensors placed other than by FSDP2's "
+                         f"fully_shard: {', '.join(bad[:6])}{more}. Under tensor parallel (or any such placement) each rank "
+                         "computes a part of a layer's output, and LSUV has no reduction over those ranks for its statistics; "
+                         "the model was not changed. Run lsuv_init before parallelize_module/distribute_module, or shard "
+                         "with fully_shard alone")
+    if ok and not sync and world_size() > 1:
+        raise ValueError("LSUV: sync=False cannot be used on a model sharded with fully_shard: each rank holds a different "
+                         "part of the weights, and would scale its part by its own batch's statistics; use sync=True (the "
+                         "default); the model was not changed")

@@ -35,6 +35,9 @@ def fresh_models():
     yield 'AWD-LSTM language model', lambda: get_language_model(AWD_LSTM, 100)
     yield 'TabularModel', lambda: TabularModel([(10, 4), (5, 3)], 3, 2, [200, 100])
     yield 'nn.Transformer', lambda: nn.Transformer(64, 4, 2, 2, 128)
+    from fastai.vision.learner import create_unet_model
+    from torchvision.models import resnet18
+    yield 'fastai U-Net (resnet18 body, ICNR upsampling)', lambda: create_unet_model(resnet18, 2, (64, 64), pretrained=False)
 
 def special_inits():
     def lin(i, o, init=None):

@@ -15,7 +15,7 @@ from fastcore.meta import delegates
 from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
 from fastai.torch_core import default_device
-from .utils import preserved_rng, world_size, global_rank, unwrap, param_docs, local, reshard
+from .utils import preserved_rng, world_size, global_rank, unwrap, param_docs, local, reshard, is_dtensor
 from .targets import LSUV_TYPE_NAMES, owner, lsuv_targets, scaled_params, weight_norm_g, skip_reason, Settings, one_batch, n_samples
 from .report import LSUVReport
 from .core import lsuv_init
@@ -144,8 +144,9 @@ class WeightsSeen:
 PRETRAINED_RATIO = 1.2
 
 def spectral_ratio(w:torch.Tensor, iters:int=8)->float:
-    "Top singular value of `w` (as a matrix: rows by the rest) over `rms(w) (√m + √n)`, the edge of a random matrix's spectrum"
-    W = w.detach().float().reshape(w.shape[0], -1)
+    "Top singular value of `w` (as a matrix: rows by the rest, a row repeated counted once) over `rms(w) (√m + √n)`, the edge of a random matrix's spectrum"
+    if is_dtensor(w): w = w.full_tensor()   # (FSDP2: every rank gathers it; the ranks decide together)
+    W = torch.unique(w.detach().float().reshape(w.shape[0], -1), dim=0)   # fastai's ICNR init repeats rows: a trait of that init
     m,n = sorted(W.shape)
     rms = W.pow(2).mean().sqrt()
     if m < 2 or rms == 0: return 0.

@@ -236,7 +236,8 @@ def test_fresh_models_do_not_look_pretrained():
     from lsuv_fastai.targets import lsuv_layers, scaled_params
     from lsuv_fastai.callback import spectral_ratio, PRETRAINED_RATIO
     torch.manual_seed(0)
+    from fastai.vision.learner import create_unet_model
     for model in (tvm.resnet18(), tvm.mobilenet_v3_small(), tvm.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128), xresnet18(),
-                  nn.Transformer(64, 4, 2, 2, 128)):
+                  nn.Transformer(64, 4, 2, 2, 128), create_unet_model(tvm.resnet18, 2, (64, 64), pretrained=False)):
         worst = max(spectral_ratio(scaled_params(l)[0]) for l in lsuv_layers(model))
         assert worst < PRETRAINED_RATIO - 0.1, (type(model).__name__, worst)

@@ -353,6 +353,7 @@ def test_weight_norm_g_and_scaled_params():
         name = 'weight'
         def __call__(self, m, args): pass
     lin = nn.Linear(3, 4); lin.register_forward_pre_hook(NamedHook())
+    lin.weight_g = nn.Parameter(torch.ones(4, 1))   # a parameter of that name, without weight norm
     assert weight_norm_g(lin) is None and scaled_params(lin)[0] is lin.weight
     m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
     assert lsuv_targets(nn.DataParallel(m)) == [m[0], m[2]] and lsuv_targets(m, lambda o: [o[2]]) == [m[2]]

@@ -257,8 +257,8 @@ def plot(res, grid, streams, path):
             acc = list(final(res, cell, init).values())
             if not acc: continue
             xs = [x - 0.4 + w*(k + .5)]*len(acc)
-            ax.scatter(xs, acc, s=8, color=COLOR[init], alpha=.5, label=None if init in labelled else init); labelled.add(init)
-            ax.hlines(statistics.mean(acc), xs[0] - w/2, xs[0] + w/2, color=COLOR[init])
+            ax.scatter(xs, acc, s=8, color=COLOR.get(init, "k"), alpha=.5, label=None if init in labelled else init); labelled.add(init)
+            ax.hlines(statistics.mean(acc), xs[0] - w/2, xs[0] + w/2, color=COLOR.get(init, "k"))
     ax.set_xticks(range(len(cells)), [c.replace('plain', 'p').replace('-', '\n', 1) for c in cells], fontsize=7)
     ax.axhline(COLLAPSE, color='grey', lw=.5, ls=':'); ax.set_ylabel('final test accuracy'); ax.grid(alpha=.3, axis='y')
     ax.legend(fontsize=7, ncol=4); ax.set_title('final accuracy per seed (dots) and mean (bars)', fontsize=9)

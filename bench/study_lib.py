@@ -126,7 +126,7 @@ def head_std(std:float):
     return rule
 
 def head_ce(margin:float=0.05, iters:int=40):
-    """Rule factory, a target from the loss: scale the head's weight and bias by one factor s in (0, 1] so that the
+    """A target from the loss (`head_ce(margin)` makes the rule): scale the head's weight and bias by one factor s in (0, 1] so that the
     cross-entropy of the batch's logits, CE(s*z, y), equals ln(C) + `margin` (C = number of logits; ln C is the loss
     of the uniform prediction). CE(s*z) -> ln C as s -> 0 and grows with s for logits that do not yet predict the
     labels, so s is found by bisection on [0, 1]; if CE(z) <= ln C + margin already, nothing changes (s = 1: the rule
@@ -166,7 +166,7 @@ def head_fisher(model, xb, yb, head):
     """A target from class separation: scale the head's weight and bias so the logits' std equals sqrt(eta2), where
     eta2 is the fraction of the head input's variance (summed over features) explained by the batch's class labels
     (between-class over total sum of squares), corrected for its chance level (C-1)/(N-1) with N samples and C classes
-    present, clipped to [0.01, 1]. Uninformative features -> small logits; features that separate the classes -> up
+    present: eta2_adj = (eta2 - chance)/(1 - chance), the target std sqrt(eta2_adj) clipped to [0.01, 1]. Uninformative features -> small logits; features that separate the classes -> up
     to LSUV's unit std. Not class-index targets or fewer than 2 classes in the batch -> no change."""
     if yb is None or yb.dtype.is_floating_point: return dict(skipped=True)
     h,z = _head_io(model, xb, head)
@@ -192,8 +192,7 @@ def head_fanin(model, xb, yb, head):
     return head_std(min(1., math.sqrt(C / fan_in)))(model, xb, yb, head)
 
 HEAD_RULES = {'ours head=ce': head_ce(0.05), 'ours head=center': head_center, 'ours head=fisher': head_fisher,
-              'ours head=fanin': head_fanin, 'ours head std=0.2': head_std(0.2), 'ours head=ce0.02': head_ce(0.02),
-              'ours head=ce0.15': head_ce(0.15)}
+              'ours head=fanin': head_fanin, 'ours head std=0.2': head_std(0.2)}
 INIT_CBS.update({k: {} for k in HEAD_RULES})  # our default LSUV, then the rule
 
 def first_batch(learn)->tuple:

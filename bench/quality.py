@@ -9,6 +9,8 @@ difference between two inits is measured seed by seed (paired t interval). Model
     python bench/quality.py --dry-run            # list the grid with run counts and estimated wall time
     python bench/quality.py --cells res1d-relu-12 --inits ours 'ours + blocks'   # a part: merged into quality.json
     python bench/quality.py --from-json          # rebuild quality.md/.png from quality.json without training
+    python bench/quality.py --workers 1 --cells plain1d-grelu-20 --inits 'ours head=ce'   # a head rule of issue 18
+      (study_lib.HEAD_RULES; the head study itself is bench/head_study.py, results in results/head.md)
 
 Cells (kind-activation-depth): `plain1d` plain Conv1d on MNIST-1D (4000 train / 1000 test, length 40), depth =
 weight layers; `res1d` residual Conv1d on MNIST-1D, depth = blocks (x + conv-act-conv, 2*blocks + 2 weight
@@ -95,8 +97,9 @@ def stream_job(job):
 
 def plan(grid, seeds, epochs, cells=None, inits=None):
     "Jobs (cell key, init, seed, epochs, bs, lr) of `grid`, filtered by cell keys and init names, longest first"
-    jobs = [(S.cell_key(c), i, s, epochs[c[0]], BS, LR) for c,its in grid for i in its for s in seeds
-            if (not cells or S.cell_key(c) in cells) and (not inits or i in inits)]
+    extra = [i for i in (inits or []) if i in S.HEAD_RULES]  # head rules (bench/head_study.py) run in any cell asked for
+    jobs = [(S.cell_key(c), i, s, epochs[c[0]], BS, LR) for c,its in grid for i in its + [x for x in extra if x not in its]
+            for s in seeds if (not cells or S.cell_key(c) in cells) and (not inits or i in inits)]
     return sorted(jobs, key=lambda j: -est_seconds(S.parse_cell(j[0]), j[1], j[3]))
 
 def run_key(r): return (r['cell'], r['init'], r['seed'])
@@ -257,8 +260,8 @@ def plot(res, grid, streams, path):
             acc = list(final(res, cell, init).values())
             if not acc: continue
             xs = [x - 0.4 + w*(k + .5)]*len(acc)
-            ax.scatter(xs, acc, s=8, color=COLOR[init], alpha=.5, label=None if init in labelled else init); labelled.add(init)
-            ax.hlines(statistics.mean(acc), xs[0] - w/2, xs[0] + w/2, color=COLOR[init])
+            ax.scatter(xs, acc, s=8, color=COLOR.get(init, "k"), alpha=.5, label=None if init in labelled else init); labelled.add(init)
+            ax.hlines(statistics.mean(acc), xs[0] - w/2, xs[0] + w/2, color=COLOR.get(init, "k"))
     ax.set_xticks(range(len(cells)), [c.replace('plain', 'p').replace('-', '\n', 1) for c in cells], fontsize=7)
     ax.axhline(COLLAPSE, color='grey', lw=.5, ls=':'); ax.set_ylabel('final test accuracy'); ax.grid(alpha=.3, axis='y')
     ax.legend(fontsize=7, ncol=4); ax.set_title('final accuracy per seed (dots) and mean (bars)', fontsize=9)

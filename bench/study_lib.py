@@ -4,7 +4,7 @@ Models: plain Conv1d/Conv2d nets as `lsuv_fastai.demo.plain_convnet` but with an
 net without normalization (blocks `x + branch(x)`, branch = conv-act-conv). Inits: the demo's fixed inits and the
 `lsuv` package, our `LSUVCallback` with default settings and its variants."""
 from __future__ import annotations
-import hashlib, io, math, statistics, time, warnings
+import functools, hashlib, io, math, statistics, time, warnings
 from contextlib import redirect_stdout
 import torch
 from torch import nn
@@ -97,6 +97,121 @@ INIT_CBS = {'ours': {},
             'ours + blocks': [{}, dict(modules=branches, std=BLOCK_STD)],
             # residual nets only: only each branch's output, to std BLOCK_STD (stem, inner convs and head: PyTorch default)
             'ours blocks only': dict(modules=branches, std=BLOCK_STD)}
+# ---- head rules: post-processing of the output layer right after our LSUV init (issue 18, `bench/head_study.py`).
+# Each is a function (model, xb, yb, head) -> dict of what it measured/did; it rescales only `head.weight` and
+# `head.bias` in place. `xb`: the model's inputs of the LSUV batch (a tuple), `yb`: that batch's targets.
+def _head_io(model, xb, head)->tuple:
+    "(head input, logits) of `model` on `xb`, no grad, in the model's current mode"
+    got = {}
+    h = head.register_forward_hook(lambda m, i, o: got.update(inp=i[0].detach(), out=o.detach()))
+    try:
+        with torch.no_grad(): model(*xb)
+    finally: h.remove()
+    return got['inp'], got['out']
+
+def _scale_head(head, s:float, bias:bool=True):
+    "Multiply the head's weight (and bias, if `bias`) by `s`, in place"
+    with torch.no_grad():
+        head.weight.mul_(s)
+        if bias and getattr(head, 'bias', None) is not None: head.bias.mul_(s)
+
+def head_std(std:float):
+    "Rule factory: scale the head's weight and bias so the logits' std on the batch is `std` (LSUV's own target is 1)"
+    def rule(model, xb, yb, head):
+        _,z = _head_io(model, xb, head)
+        s = std / z.float().std().item()
+        _scale_head(head, s)
+        return dict(scale=s)
+    rule.__doc__ = f"Logits' std on the LSUV batch set to {std} by one common factor on the head's weight and bias"
+    return rule
+
+def head_ce(margin:float=0.05, iters:int=40):
+    """A target from the loss (`head_ce(margin)` makes the rule): scale the head's weight and bias by one factor s in (0, 1] so that the
+    cross-entropy of the batch's logits, CE(s*z, y), equals ln(C) + `margin` (C = number of logits; ln C is the loss
+    of the uniform prediction). CE(s*z) -> ln C as s -> 0 and grows with s for logits that do not yet predict the
+    labels, so s is found by bisection on [0, 1]; if CE(z) <= ln C + margin already, nothing changes (s = 1: the rule
+    only shrinks). The logits stay input-dependent (s > 0) and keep LSUV's zero mean. Edge cases: C < 2 (a regression
+    head) or targets that are not class indices -> no change; a head without bias -> only the weight is scaled."""
+    def rule(model, xb, yb, head):
+        _,z = _head_io(model, xb, head)
+        z = z.double().flatten(0, -2) if z.ndim > 2 else z.double()
+        C = z.shape[-1]
+        if C < 2 or yb is None or yb.dtype.is_floating_point: return dict(scale=1., skipped=True)
+        y = yb.flatten()
+        target = math.log(C) + margin
+        ce = lambda s: F.cross_entropy(s*z, y).item()
+        ce1 = ce(1.)
+        if ce1 <= target: return dict(scale=1., ce_before=ce1, ce_after=ce1)
+        lo,hi = 0., 1.
+        for _ in range(iters):
+            mid = (lo + hi)/2
+            lo,hi = (mid, hi) if ce(mid) < target else (lo, mid)
+        s = (lo + hi)/2
+        _scale_head(head, s)
+        return dict(scale=s, ce_before=ce1, ce_after=ce(s))
+    rule.__doc__ = head_ce.__doc__
+    return rule
+
+def head_center(model, xb, yb, head):
+    """Zero-mean logits per class: subtract from each output's bias that output's mean over the batch (removes the
+    input-independent per-class offsets that remain after LSUV, whose mean target is one number for the whole layer),
+    weight unchanged. The logits' std drops to their input-dependent part. No bias -> no change."""
+    if getattr(head, 'bias', None) is None: return dict(skipped=True)
+    _,z = _head_io(model, xb, head)
+    off = z.double().flatten(0, -2).mean(0) if z.ndim > 2 else z.double().mean(0)
+    with torch.no_grad(): head.bias.sub_(off.to(head.bias.dtype))
+    return dict(offset_std=off.std().item())
+
+def head_fisher(model, xb, yb, head):
+    """A target from class separation: scale the head's weight and bias so the logits' std equals sqrt(eta2), where
+    eta2 is the fraction of the head input's variance (summed over features) explained by the batch's class labels
+    (between-class over total sum of squares), corrected for its chance level (C-1)/(N-1) with N samples and C classes
+    present: eta2_adj = (eta2 - chance)/(1 - chance), the target std sqrt(eta2_adj) clipped to [0.01, 1]. Uninformative features -> small logits; features that separate the classes -> up
+    to LSUV's unit std. Not class-index targets or fewer than 2 classes in the batch -> no change."""
+    if yb is None or yb.dtype.is_floating_point: return dict(skipped=True)
+    h,z = _head_io(model, xb, head)
+    h,y = h.double().flatten(1), yb.flatten()
+    cls = y.unique()
+    N,C = len(y), len(cls)
+    if C < 2 or N <= C: return dict(skipped=True)
+    mu = h.mean(0)
+    tot = (h - mu).pow(2).sum()
+    betw = sum((y == c).sum() * (h[y == c].mean(0) - mu).pow(2).sum() for c in cls)
+    eta2 = (betw / tot).item()
+    chance = (C - 1)/(N - 1)
+    adj = min(max((eta2 - chance)/(1 - chance), 1e-4), 1.)
+    s = math.sqrt(adj) / z.double().std().item()
+    _scale_head(head, s)
+    return dict(scale=s, eta2=eta2, eta2_adj=adj)
+
+def head_fanin(model, xb, yb, head):
+    """A target from the head's fan-in: logits' std sqrt(C / fan_in), capped at 1 (C outputs, fan_in =
+    weight.numel() / C; 0.18 for the 320-feature MNIST-1D heads, 0.28 for the 128-feature digits head)."""
+    C = head.weight.shape[0]
+    fan_in = head.weight.numel() // C
+    return head_std(min(1., math.sqrt(C / fan_in)))(model, xb, yb, head)
+
+HEAD_RULES = {'ours head=ce': head_ce(0.05), 'ours head=center': head_center, 'ours head=fisher': head_fisher,
+              'ours head=fanin': head_fanin, 'ours head std=0.2': head_std(0.2)}
+INIT_CBS.update({k: {} for k in HEAD_RULES})  # our default LSUV, then the rule
+
+def first_batch(learn)->tuple:
+    "(inputs tuple, targets) of the first training batch, as LSUV sees it, without changing training"
+    from lsuv_fastai.callback import loader_state_kept, model_inputs
+    dl = learn.dls.train
+    with loader_state_kept(dl): b = next(iter(dl))
+    xb = model_inputs(learn, b)
+    yb = b[len(xb)] if len(b) > len(xb) else None
+    return xb, (yb.as_subclass(torch.Tensor) if isinstance(yb, torch.Tensor) else yb)
+
+def apply_head_rule(learn, init)->dict:
+    "Apply `init`'s head rule (if any) to `learn.model`'s last LSUV layer, on the LSUV batch"
+    if init not in HEAD_RULES: return {}
+    xb,yb = first_batch(learn)
+    ref = training_batches(learn)[0]
+    assert all(torch.equal(a, b) for a,b in zip(xb, ref)), 'head rule batch != LSUV batch'
+    with preserved_rng(): return HEAD_RULES[init](learn.model, xb, yb, lsuv_layers(learn.model)[-1])
+
 # Variants that may give exactly the weights of another init (models without dropout/BatchNorm: train=False changes
 # nothing). The worker checks the initial weights and trains only if they differ.
 SAME_AS = {'ours train=False': 'ours'}
@@ -113,13 +228,14 @@ def weights_digest(model)->str:
     for p in model.parameters(): h.update(p.detach().numpy().tobytes())
     return h.hexdigest()[:12]
 
-def setup(cell, init, seed, bs):
+def setup(cell, init, seed, bs, opt_kw=None):
     "Learner for `cell` with `init` set up (not yet applied for callbacks) after `set_seed(seed)`: (learn, cbs)"
     set_seed(seed)
     dls = make_dls(cell_data(cell), bs)
     model = build(cell)
     cbs = make_cbs(init) if init in INIT_CBS else []
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=Adam, cbs=cbs)
+    opt = functools.partial(Adam, **opt_kw) if opt_kw else Adam  # opt_kw: e.g. eps (fastai's Adam: eps=1e-5)
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=opt, cbs=cbs)
     return learn, cbs
 
 def init_now(learn, init, cbs):
@@ -128,6 +244,7 @@ def init_now(learn, init, cbs):
     if INIT_FNS.get(init):
         with preserved_rng(): INIT_FNS[init](learn.model, training_batch(learn))
     for cb in cbs: cb.initialize()
+    learn.head_info = apply_head_rule(learn, init)
     return time.perf_counter() - start
 
 def init_digest(cell, init, seed, bs)->str:
@@ -138,11 +255,11 @@ def init_digest(cell, init, seed, bs)->str:
         if init != 'pytorch default': init_now(learn, init, cbs)
     return weights_digest(learn.model)
 
-def train_run(cell, init, seed, epochs, bs, lr)->dict:
+def train_run(cell, init, seed, epochs, bs, lr, opt_kw=None)->dict:
     """One run: test accuracy after each epoch, final losses, init seconds, LSUV warnings and a digest of the initial
     weights. Same seed => same weights before the init and same batch order for every init. For an init in
     `SAME_AS` whose initial weights equal those of its partner, no training: `same_as` names the partner"""
-    learn,cbs = setup(cell, init, seed, bs)
+    learn,cbs = setup(cell, init, seed, bs, opt_kw)
     with warnings.catch_warnings(record=True) as ws, redirect_stdout(io.StringIO()):
         warnings.simplefilter('always')
         init_s = 0. if init == 'pytorch default' else init_now(learn, init, cbs)
@@ -153,7 +270,7 @@ def train_run(cell, init, seed, epochs, bs, lr)->dict:
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
     vals = learn.recorder.values
     return dict(acc=[float(v[2]) for v in vals], train_loss=float(vals[-1][0]), valid_loss=float(vals[-1][1]),
-                init_s=init_s, digest=digest, warnings=sorted({str(w.message)[:160] for w in ws if 'LSUV' in str(w.message)}))
+                init_s=init_s, digest=digest, head=getattr(learn, 'head_info', {}), warnings=sorted({str(w.message)[:160] for w in ws if 'LSUV' in str(w.message)}))
 
 @torch.no_grad()
 def stream_stds(model, xb)->list:

@@ -208,7 +208,7 @@ def apply_head_rule(learn, init)->dict:
     "Apply `init`'s head rule (if any) to `learn.model`'s last LSUV layer, on the LSUV batch"
     if init not in HEAD_RULES: return {}
     xb,yb = first_batch(learn)
-    ref = training_batches(learn)[0]
+    ref = training_batch(learn)
     assert all(torch.equal(a, b) for a,b in zip(xb, ref)), 'head rule batch != LSUV batch'
     with preserved_rng(): return HEAD_RULES[init](learn.model, xb, yb, lsuv_layers(learn.model)[-1])
 

@@ -94,9 +94,17 @@ def _larger(dl, k:int):
     if type(dl).__name__ == 'DistributedDL': return type(dl)(_larger(dl.dl, k), dl.rank, dl.world_size)   # by name: see below
     return dl.new(bs=dl.bs*k, drop_last=False) if hasattr(dl, 'new') and getattr(dl, 'bs', None) else None
 
+def _first_target(learn:Learner, b):
+    "The first target of batch `b` (its item after the model's inputs) as a plain tensor on the model's device, or None"
+    b = learn._set_device(b)
+    b = tuple(b) if isinstance(b, (tuple, list)) else (b,)
+    n = getattr(learn.dls, 'n_inp', 1 if len(b) == 1 else len(b) - 1)
+    return _plain(b[n]) if len(b) > n and isinstance(b[n], torch.Tensor) else None
+
 @param_docs
 def training_batch(learn:Learner, # The learner whose training DataLoader gives the batch
                    n_batches:int=1, # How many batches' worth of samples
+                   targets:bool=False, # Also return the batch's first target: (inputs, target)
                   )->tuple:
     "The model's inputs from the next training batch of `learn` (this rank's), `n_batches` times as large, without changing training"
     _check_n_batches(n_batches)
@@ -112,7 +120,9 @@ def training_batch(learn:Learner, # The learner whose training DataLoader gives 
     asked = n_batches*(getattr(dl, 'bs', None) or n_samples(model_inputs(learn, bs[0])))
     if n_batches > 1 and n_samples(xb) < asked:
         warnings.warn(f"LSUV: n_batches={n_batches} asked for {asked} samples; the training set gave {n_samples(xb)}", stacklevel=2)
-    return xb
+    if not targets: return xb
+    ys = [_first_target(learn, b) for b in bs]
+    return xb, (None if any(y is None for y in ys) else one_batch([(y,) for y in ys])[0])
 
 # %% ../nbs/06_callback.ipynb #19a315b0
 def _fingerprints(ps:list)->list:
@@ -191,6 +201,8 @@ def _check_settings(kwargs:dict):
         raise TypeError(f"LSUVCallback got unknown setting(s) {', '.join(map(repr, unknown))}; it takes n_batches, once, "
                         f"skip_trained and those of lsuv_init: {', '.join(known)}")
     Settings(**{k: kwargs[k] for k in ('mean', 'std', 'tol', 'max_iters') if k in kwargs})
+    if kwargs.get('head') not in (None, 'ce'): raise ValueError(f"`head` must be None or 'ce', got {kwargs['head']!r}")
+    if 'yb' in kwargs: raise TypeError("LSUVCallback takes the labels from the training batch: it takes no `yb`")
 
 @delegates(lsuv_init)
 class LSUVCallback(Callback):
@@ -248,7 +260,8 @@ class LSUVCallback(Callback):
                           "the Learner (the callback then leaves it all alone), or pass LSUVCallback(modules=...) the new layers", stacklevel=2)
         self.done,self.report = True,None
         if layers:
-            self.report = lsuv_init(self.learn.model, training_batch(self.learn, n_batches), modules=layers, **kw)
+            xb,kw['yb'] = training_batch(self.learn, n_batches, targets=True) if kw.get('head') else (training_batch(self.learn, n_batches), None)
+            self.report = lsuv_init(self.learn.model, xb, modules=layers, **kw)
             changed = [p for m in layers for p in scaled_params(m) if isinstance(p, torch.Tensor)]
             for cb in self.learn.cbs:   # for every LSUV callback (this one included), LSUV's changes are no training
                 if isinstance(cb, LSUVCallback): cb.seen.update(changed)

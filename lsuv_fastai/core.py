@@ -14,9 +14,10 @@ from .utils import (unwrap, module_names, preserved, Undo, Local, AllRanks, worl
 from .targets import (LSUV_TYPES, LSUV_TYPE_NAMES, owner, lsuv_layers, lsuv_targets, select, scaled_params,
                                  is_affine, weight_norm_g, main_tensor, Settings, Status, Target, tensors, one_batch, batch_problem, n_samples,
                                  _BATCH_PROBLEMS)
-from .stats import dead, correction, derived, trusted, affine_, HostStats, statistics_for
+from .stats import dead, correction, derived, trusted, affine_, ce_scale, HostStats, statistics_for
 from .report import Fit, row, LSUVReport, warn_about, layer_stats
 from .watch import shared_weights, _UseWatch
+from .prepare import check_batches, materialize, prepare
 
 # %% auto #0
 __all__ = ['lsuv_init']
@@ -52,6 +53,7 @@ class _Pass:
         self.claimed = {}       # shared weights: id -> the target that adjusted it
         self.watch = _UseWatch(live, self.order)
         self.hooked = {t: None for t in live if t.module._forward_hooks}   # targets with forward hooks of the user's
+        self.output,self.ptrs = None,{}   # the model's output; where each target's output lies (head='ce')
 
     def run(self, model:nn.Module, xb:tuple)->bool:
         "Run `model` on the inputs `xb` with the hooks in place, then `finish`; False if the pass must be made again"
@@ -59,7 +61,7 @@ class _Pass:
         hs += [t.module.register_forward_hook(self.hook, with_kwargs=True, prepend=True) for t in self.fits]
         hs += [t.module.register_forward_hook(self.after_user_hooks) for t in self.hooked]
         try:
-            with torch.no_grad(), self.watch: model(*xb)
+            with torch.no_grad(), self.watch: self.output = main_tensor(model(*xb))
         finally:
             for h in hs: h.remove()
         return self.finish()
@@ -77,6 +79,7 @@ class _Pass:
         if not fitted:
             with self.watch.paused(): out = self.fit_by_rerun(t, args, kwargs, out)
         if t in self.hooked: self.hooked[t] = (main_tensor(out), main_tensor(out)._version)
+        self.ptrs[t] = main_tensor(out).data_ptr()
         return out
 
     def replay(self, t, out):
@@ -190,6 +193,26 @@ class _Pass:
             else: fit.status = Status.OK if self.goal.reached(*fit.final, t.shifted) else Status.NOT_CONVERGED
         return True
 
+    def fit_head(self, yb:torch.Tensor, margin:float=0.05):
+        "head='ce': scale the last target fitted (the model's output layer) so the batch's cross-entropy is ln C + `margin`"
+        t,z = next((t for t in reversed(self.order) if self.fits[t].status is Status.OK), None), self.output
+        if t is None or z is None or self.ptrs.get(t) != z.data_ptr():
+            raise ValueError("LSUV: head='ce' needs the model's output to be the logits that its last layer returns (nothing after it); the model was not changed")
+        if yb.is_floating_point() or yb.numel() != z.numel()//z.shape[-1]:
+            raise ValueError(f"LSUV: head='ce' needs one class index per row of logits: {z.numel()//z.shape[-1]} integer labels, got "
+                             f"{yb.numel()} {yb.dtype}; the model was not changed")
+        s = ce_scale(z, yb, self.stats.ranks, t.idx, margin)
+        if s == 1.: return
+        if t in self.corrections: self.corrections[t] = tuple(v*s for v in self.corrections[t])
+        else:   # re-run: its weights were written already
+            w,b = scaled_params(t.module)
+            for o in (w, b): 
+                if isinstance(o, torch.Tensor): self.undo.save(o)
+            if b is not None and not isinstance(b, torch.Tensor): self.undo.save(owner(t.module), 'bias')
+            with torch.no_grad(): self.set_params(t, w*s, None if b is None else b*s)
+        fit = self.fits[t]
+        fit.final,fit.status = (fit.final[0]*s, fit.final[1]*s), Status.HEAD
+
     @torch.no_grad()
     def apply(self):
         "Write the closed-form corrections into the weights, in place, and set the re-run layers' numeric biases again"
@@ -211,40 +234,6 @@ class _Pass:
         return [t for t,v in self.hooked.items() if v is True]
 
 # %% ../nbs/05_core.ipynb #bb5671cb
-def _check_batches(parts:list, ranks):
-    "Refuse unusable batches (on every rank at once); warn about a batch of one sample"
-    for i,xs in enumerate(parts):
-        if p := ranks.max(batch_problem(xs)):
-            which = f'batch {i} of {len(parts)}' if len(parts) > 1 else 'batch'
-            raise ValueError(f"LSUV: the {which} {_BATCH_PROBLEMS[p]}; the model was not changed")
-    if ranks.samples(sum(n_samples(xs) for xs in parts)) == 1:
-        warnings.warn("LSUV: a batch of one sample gives noisy statistics; use a larger batch", stacklevel=3)
-
-def _materialize(model:nn.Module, xb:tuple, mods:list):
-    "Run `model` once in eval mode so that its lazy modules take their shapes; their init draws from the global RNG, as at a first call"
-    with preserved(model, mods, rng=False), torch.no_grad(): model.eval(); model(*xb)
-
-def _orthonormal_(ws:list, ranks):
-    "Orthonormal init of each weight in `ws`, in place (paper step 1), from a generator of its own, in float32, rank 0's on every rank"
-    g = torch.Generator().manual_seed(torch.initial_seed())
-    for w in ws:
-        q = nn.init.orthogonal_(torch.empty(w.shape, dtype=torch.float32), generator=g).to(w.device)
-        ranks.broadcast_([q]); write_(w, q)   # (FSDP2: each rank keeps its part of rank 0's matrix)
-
-def _prepare(model:nn.Module, targets:list, ranks, ortho:bool, undo:Undo):
-    "Make the ranks agree on the weights, then the orthonormal pre-init if asked"
-    if not ranks.agree(model):
-        ts = list(model.parameters()) + list(model.buffers())
-        for t in ts: undo.save(t)
-        ranks.broadcast_(ts)
-        warnings.warn("LSUV: the ranks held different weights; rank 0's were broadcast to all, as DDP does", stacklevel=3)
-    if ortho:   # (a weight-normed layer's `g` is a magnitude, not a matrix: it keeps its direction)
-        ws = [t.weight for t in targets if not t.skip and weight_norm_g(owner(t.module)) is None]
-        for w in ws: undo.save(w)
-        _orthonormal_(ws, ranks)
-    reshard(model)   # FSDP2: a forward before (`given`) left the root's weights gathered; the pass gathers the new ones
-
-# %% ../nbs/05_core.ipynb #466031d8
 @param_docs
 def lsuv_init(model:nn.Module, # The model to initialize, in place
               *batches, # A batch: the model's input, or a tuple of its inputs (`model(*xb)`), which may nest dicts, lists and tuples of tensors. Several batches are concatenated into one
@@ -256,12 +245,16 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
               ortho:bool=False, # Orthonormal pre-init of the targets' weights first (paper step 1)
               train:bool=True, # Run the pass in train mode (True) or eval mode (False)
               sync:bool=True, # Under torch.distributed, use the statistics of the global batch on every rank
+              head:str|None=None, # 'ce': then scale the output layer so the batch's cross-entropy is ln C + 0.05 (needs `yb`); None: like any layer
+              yb=None, # The batch's class labels (for `head='ce'`; several batches: theirs, concatenated in order)
               given:bool=False, # Also measure each layer in the model as given, before any change (one more forward pass), for `LSUVReport.plot`
               verbose:bool=False, # Print the report
              )->LSUVReport:
     "Layer-sequential unit-variance init of `model`'s layers from a batch, in about one forward pass"
     goal = Settings(mean, std, tol, max_iters)
     if not batches: raise TypeError("lsuv_init needs a batch: lsuv_init(model, xb)")
+    if head not in (None, 'ce'): raise ValueError(f"`head` must be None or 'ce', got {head!r}")
+    if head and not isinstance(yb, torch.Tensor): raise ValueError("head='ce' needs the batch's labels: lsuv_init(model, xb, head='ce', yb=yb)")
     parts = [one_batch([xb]) for xb in batches]
     model = unwrap(model)
     check_placements(model, sync); reshard(model)   # FSDP2: the targets' weights are the shards, not gathered copies
@@ -269,9 +262,9 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
     selected = select(model, modules, names)
     device = tensors(parts[0])[0].device
     ranks = AllRanks(device) if sync and world_size() > 1 else Local()
-    _check_batches(parts, ranks)
+    check_batches(parts, ranks)
     xb = one_batch(parts)
-    if any(nn.parameter.is_lazy(p) for m in names for p in m._parameters.values()): _materialize(model, xb, list(names))
+    if any(nn.parameter.is_lazy(p) for m in names for p in m._parameters.values()): materialize(model, xb, list(names))
     targets = [Target.of(n, m, i, goal) for i,(n,m) in enumerate(selected)]
     before = layer_stats(model, xb, [t.module for t in targets], train) if given else None
     start = time.perf_counter()   # (the report's time is LSUV's own: `given` is measured before)
@@ -280,12 +273,13 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
     try:
         with preserved(model, list(names)):
             if any(m.training != train for m in names): model.train(train)
-            with torch.no_grad(): _prepare(model, targets, ranks, ortho, prepared)
+            with torch.no_grad(): prepare(model, targets, ranks, ortho, prepared)
             stats,eager = statistics_for(device, ranks), set()
             while not (run := _Pass(targets, goal, stats, shared, passed, eager)).run(model, xb):
                 passed.undo()   # and again, with what this pass learned:
                 if run.untrusted: stats = HostStats(ranks)   # a statistic the device path cannot trust: the host measures instead
                 eager |= run.late   # closed-form targets the model used after they ran: re-run them (their weights change at once)
+            if head: run.fit_head(yb)
         run.apply()
     except BaseException:
         passed.undo(); prepared.undo(); raise

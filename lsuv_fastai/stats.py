@@ -5,13 +5,14 @@
 # %% ../nbs/03_stats.ipynb #cd4003ad
 from __future__ import annotations
 import math
+import torch.nn.functional as F
 from contextlib import contextmanager
 from contextvars import ContextVar
 import torch
 from .targets import Settings
 
 # %% auto #0
-__all__ = ['dead', 'correction', 'derived', 'affine_', 'trusted', 'moments', 'mean_std', 'HostStats', 'DeviceStats',
+__all__ = ['dead', 'correction', 'derived', 'affine_', 'trusted', 'moments', 'mean_std', 'HostStats', 'DeviceStats', 'ce_scale',
            'forced_path', 'statistics_for']
 
 # %% ../nbs/03_stats.ipynb #3e78b4a6
@@ -97,6 +98,22 @@ class DeviceStats:
         if not ts: return [float(v) for v in vals]
         return torch.stack([v.double().reshape(()) if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64, device=ts[0].device)
                             for v in vals]).tolist()
+
+# %% ../nbs/03_stats.ipynb #1660777f
+def ce_scale(z:torch.Tensor, yb:torch.Tensor, ranks, tag:int, margin:float=0.05, iters:int=40)->float:
+    "The factor `s` in (0, 1] that takes the cross-entropy of logits `s*z` (classes in the last dim) on labels `yb`, over every rank, to ln C + `margin`"
+    z = z.detach().float().reshape(-1, z.shape[-1]); y = yb.detach().reshape(-1).to(z.device)
+    target = math.log(z.shape[-1]) + margin
+    def ce(s):
+        total,n = ranks.sum([F.cross_entropy(s*z, y, reduction='sum').item(), float((y != -100).sum())], tag)
+        return total/n
+    if ce(1.) <= target: return 1.
+    lo,hi = 0., 1.
+    for _ in range(iters):
+        mid = (lo + hi)/2
+        if ce(mid) < target: lo = mid
+        else: hi = mid
+    return (lo + hi)/2
 
 # %% ../nbs/03_stats.ipynb #a75e3349
 _FORCED = ContextVar('lsuv_forced_path', default=None)

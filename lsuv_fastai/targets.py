@@ -129,6 +129,7 @@ class Status(str, Enum):
     NOT_CALLED = 'not called'        # it did not run on the batch: left as it was
     NOT_CONVERGED = 'not converged'  # still off the target after max_iters corrections, or its output does not follow its weight
     SKIPPED = 'skipped'              # LSUV cannot adjust it (no weight, weight shared and used first, ...)
+    HEAD = 'head (ce)'               # the output layer, at the goal, then scaled so the batch's cross-entropy is ln C + 0.05 (head='ce')
 
 @dataclass(frozen=True, eq=False)
 class Target:

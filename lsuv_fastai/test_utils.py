@@ -10,6 +10,7 @@ from torch import nn
 import torch.nn.functional as F
 from .utils import module_names, unwrap
 from .core import lsuv_init, layer_stats, scaled_params
+from .targets import Status
 
 # %% auto #0
 __all__ = ['STATUSES', 'run_lsuv', 'assert_meets_targets', 'bits', 'state_equal', 'copy_state', 'snapshot',
@@ -18,7 +19,7 @@ __all__ = ['STATUSES', 'run_lsuv', 'assert_meets_targets', 'bits', 'state_equal'
            'synth_dls', 'deep_mlp', 'synth_learner']
 
 # %% ../nbs/09_test_utils.ipynb #5dd2d581
-STATUSES = {'ok', 'dead', 'not called', 'not converged', 'skipped'}
+STATUSES = {s.value for s in Status}
 
 def run_lsuv(model, *batches, **kwargs):
     "`lsuv_init` with its warnings collected: (report, list of warning messages)"

@@ -15,14 +15,14 @@ from fastcore.meta import delegates
 from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
 from fastai.torch_core import default_device
-from .utils import preserved_rng, world_size, global_rank, unwrap, param_docs, local, reshard, is_dtensor
+from .utils import preserved_rng, world_size, global_rank, unwrap, param_docs, local, reshard, is_dtensor, loader_state_kept
 from .targets import LSUV_TYPE_NAMES, owner, lsuv_targets, scaled_params, weight_norm_g, skip_reason, Settings, one_batch, n_samples
 from .report import LSUVReport
 from .core import lsuv_init
 
 # %% auto #0
-__all__ = ['PRETRAINED_RATIO', 'fit_in_progress', 'loader_state_kept', 'model_inputs', 'training_batch', 'WeightsSeen',
-           'spectral_ratio', 'trained_layers', 'LSUVCallback']
+__all__ = ['PRETRAINED_RATIO', 'fit_in_progress', 'model_inputs', 'training_batch', 'WeightsSeen', 'spectral_ratio',
+           'trained_layers', 'LSUVCallback']
 
 # %% ../nbs/06_callback.ipynb #38a14638
 def _event_of(frame):
@@ -39,38 +39,6 @@ def fit_in_progress(learn:Learner)->bool:
         if f.f_code.co_name == '_with_events' and f.f_locals.get('self') is learn: return _event_of(f) == 'fit'
         f = f.f_back
     return False
-
-# %% ../nbs/06_callback.ipynb #cf3ec5f6
-def _fastai_loaders(dl)->list:
-    "`dl` and the fastai loader a `DistributedDL` wraps"
-    return [d for d in (dl, getattr(dl, 'dl', None)) if d is not None and hasattr(d, 'rng')]
-
-def _generators(dl)->list:
-    "The `torch.Generator`s a PyTorch DataLoader draws from: its own, its sampler's, its batch sampler's sampler's"
-    objs = [dl, getattr(dl, 'sampler', None), getattr(getattr(dl, 'batch_sampler', None), 'sampler', None)]
-    gs = [getattr(o, 'generator', None) for o in objs]
-    return list({id(g): g for g in gs if isinstance(g, torch.Generator)}.values())
-
-def _as_list(idxs)->list:
-    "The python list behind `idxs` (a list, or fastcore's `L`), to restore in place"
-    return idxs.items if isinstance(getattr(idxs, 'items', None), list) else idxs
-
-@contextmanager
-def loader_state_kept(dl):
-    "Leave `dl` (a fastai or PyTorch DataLoader) and the global RNGs as they were, whatever is drawn from it inside"
-    fastai_dls = _fastai_loaders(dl)
-    attrs = [(d, dict(vars(d)), d.rng.getstate()) for d in fastai_dls]
-    idxs = [(_as_list(d.items.idxs), list(d.items.idxs)) for d in fastai_dls if hasattr(getattr(d, 'items', None), 'idxs')]
-    gens = [(g, g.get_state()) for g in _generators(dl)]
-    torch_iter = vars(dl).get('_iterator')
-    try:
-        with preserved_rng(): yield
-    finally:
-        for d,saved,rng in attrs:
-            vars(d).clear(); vars(d).update(saved); d.rng.setstate(rng)
-        for live,saved in idxs: live[:] = saved
-        for g,state in gens: g.set_state(state)
-        if '_iterator' in vars(dl): dl.__dict__['_iterator'] = torch_iter
 
 # %% ../nbs/06_callback.ipynb #86ee9959
 def _plain(x):
@@ -208,7 +176,8 @@ def _check_settings(kwargs:dict):
 class LSUVCallback(Callback):
     """LSUV-initialize the model's new layers from a training batch at the start of `fit`.
     The report is `learn.lsuv.report` (an `LSUVReport`); `learn.lsuv_init()` runs it now. The other settings (mean,
-    std, tol, max_iters, ortho, train, sync, given, verbose) go to `lsuv_init`."""
+    std, tol, max_iters, ortho, train, sync, head, given, verbose) go to `lsuv_init`; `given` is True by default here (one more
+    forward, for the plot's "as given" line)."""
     order = TrainEvalCallback.order + 5
     def __init__(self,
         modules=None, # None: every layer of a type in `LSUV_TYPES` (Linear, Conv, ConvTranspose, MultiheadAttention); or modules; or a function `model -> modules`
@@ -248,7 +217,9 @@ class LSUVCallback(Callback):
 
     def initialize(self, **kwargs)->LSUVReport|None:
         "Run LSUV on `learn.model` now; `kwargs` override the callback's settings for this run"
-        kw = {**dict(modules=self.modules, n_batches=self.n_batches, skip_trained=self.skip_trained), **self.lsuv_kwargs, **kwargs}
+        _check_settings({k: v for k,v in kwargs.items() if k not in ('modules', 'n_batches', 'skip_trained')})
+        kw = {**dict(modules=self.modules, n_batches=self.n_batches, skip_trained=self.skip_trained, given=True),
+              **self.lsuv_kwargs, **kwargs}
         n_batches,skip_trained,verbose = kw.pop('n_batches'), kw.pop('skip_trained'), kw.pop('verbose', False)
         reshard(unwrap(self.learn.model))   # FSDP2: the layers' weights are the shards, as `seen` saw them
         layers = lsuv_targets(self.learn.model, kw.pop('modules'))
@@ -270,6 +241,11 @@ class LSUVCallback(Callback):
             if verbose and self.report is not None: self.learn.logger(self.report.df.to_string())
         return self.report
 
+    def plot(self, **kwargs):
+        "The report's plot (`LSUVReport.plot`): each layer's output as given, as LSUV found it, and after"
+        if self.report is None: raise ValueError(f"{self.summary()}: there is nothing to plot yet")
+        self.report.plot(**kwargs)
+
     def summary(self)->str:
         "The last run's summary line, and what it left alone"
         if not self.done: return "LSUV: not run yet (it runs at the start of fit, or now with learn.lsuv_init())"
@@ -278,7 +254,8 @@ class LSUVCallback(Callback):
             return f"LSUV: nothing to initialize: all {len(self.left_alone)} layers hold trained weights ({left}); LSUVCallback(skip_trained=False) forces it"
         return self.report.summary() + (f'; left alone {len(self.left_alone)} layers with trained weights ({left})' if left else '')
 
-param_docs(LSUVCallback, lsuv_init);
+param_docs(LSUVCallback, lsuv_init)
+del LSUVCallback.__delwrap__   # (`delegates` leaves it: help() would show lsuv_init a second time)
 
 # %% ../nbs/06_callback.ipynb #d1f07f4d
 @patch

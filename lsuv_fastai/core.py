@@ -13,11 +13,12 @@ from .utils import (unwrap, module_names, preserved, Undo, Local, AllRanks, worl
                                mirror_, reshard, check_placements)
 from .targets import (LSUV_TYPES, LSUV_TYPE_NAMES, owner, lsuv_layers, lsuv_targets, select, scaled_params,
                                  is_affine, weight_norm_g, main_tensor, Settings, Status, Target, tensors, one_batch, batch_problem, n_samples,
+                                 is_loader, loader_batch,
                                  _BATCH_PROBLEMS)
 from .stats import dead, correction, derived, trusted, affine_, ce_scale, HostStats, statistics_for
 from .report import Fit, row, LSUVReport, warn_about, layer_stats
 from .watch import shared_weights, _UseWatch
-from .prepare import check_batches, materialize, prepare
+from .prepare import check_batches, check_arity, materialize, prepare
 
 # %% auto #0
 __all__ = ['lsuv_init']
@@ -236,7 +237,8 @@ class _Pass:
 # %% ../nbs/05_core.ipynb #bb5671cb
 @param_docs
 def lsuv_init(model:nn.Module, # The model to initialize, in place
-              *batches, # A batch: the model's input, or a tuple of its inputs (`model(*xb)`), which may nest dicts, lists and tuples of tensors. Several batches are concatenated into one
+              *batches, # A batch: the model's input, or a tuple of its inputs (`model(*xb)`), which may nest dicts, lists and tuples of tensors; several are concatenated into one. Or a DataLoader (any iterable of batches)
+              n_batches:int=1, # With a DataLoader: how many of its batches, concatenated
               modules=None, # None: every layer of a type in `LSUV_TYPES` (Linear, Conv, ConvTranspose, MultiheadAttention); or modules; or a function `model -> modules`
               mean:float|None=0., # Target mean of each output (through the bias); None: std only, biases untouched, as in the paper
               std:float=1., # Target std of each output (through the weight)
@@ -254,9 +256,14 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
     goal = Settings(mean, std, tol, max_iters)
     if not batches: raise TypeError("lsuv_init needs a batch: lsuv_init(model, xb)")
     if head not in (None, 'ce'): raise ValueError(f"`head` must be None or 'ce', got {head!r}")
+    model = unwrap(model)
+    if len(batches) == 1 and is_loader(batches[0]):
+        xb,labels = loader_batch(batches[0], n_batches, next((p.device for p in model.parameters()), None))
+        batches,yb = (xb,), (labels if yb is None else yb)
+    elif n_batches != 1: raise ValueError("`n_batches` counts the batches of a DataLoader: pass one loader, or the batches themselves")
     if head and not isinstance(yb, torch.Tensor): raise ValueError("head='ce' needs the batch's labels: lsuv_init(model, xb, head='ce', yb=yb)")
     parts = [one_batch([xb]) for xb in batches]
-    model = unwrap(model)
+    check_arity(model, parts[0])
     check_placements(model, sync); reshard(model)   # FSDP2: the targets' weights are the shards, not gathered copies
     names = module_names(model)
     selected = select(model, modules, names)

@@ -4,16 +4,25 @@
 
 # %% ../nbs/04b_prepare.ipynb #8cc45d43
 from __future__ import annotations
-import warnings
+import inspect, warnings
 import torch
 from torch import nn
 from .utils import preserved, Undo, write_, reshard
 from .targets import owner, weight_norm_g, batch_problem, n_samples, _BATCH_PROBLEMS
 
 # %% auto #0
-__all__ = ['check_batches', 'materialize', 'orthonormal_', 'prepare']
+__all__ = ['check_arity', 'check_batches', 'materialize', 'orthonormal_', 'prepare']
 
 # %% ../nbs/04b_prepare.ipynb #083b9cea
+def check_arity(model:nn.Module, xs:tuple):
+    "Refuse a batch holding more inputs than `model.forward` takes: an `(x, y)` batch given whole, most likely"
+    try: ps = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError): return
+    if any(p.kind in (p.VAR_POSITIONAL,) for p in ps): return
+    n = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in ps)
+    if len(xs) > n: raise TypeError(f"LSUV: the batch holds {len(xs)} inputs, but {type(model).__name__}.forward takes {n}: is it an (x, y) "
+                                    "batch? Pass the inputs alone (lsuv_init(model, x)), or the DataLoader itself (lsuv_init(model, dl))")
+
 def check_batches(parts:list, ranks):
     "Refuse unusable batches (on every rank at once); warn about a batch of one sample"
     for i,xs in enumerate(parts):

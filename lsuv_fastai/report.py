@@ -46,8 +46,10 @@ class LSUVReport:
 
     @functools.cached_property
     def df(self):
-        "pandas DataFrame, a row per target"
-        import pandas as pd
+        "pandas DataFrame, a row per target (pandas comes with fastai; without it: `pip install pandas`)"
+        try: import pandas as pd
+        except ImportError: raise ImportError("LSUVReport.df needs pandas: pip install pandas (fastai brings it); report.rows "
+                                              "holds the same rows as dicts") from None
         return pd.DataFrame(self.rows, columns=_COLUMNS)
 
     def summary(self)->str:
@@ -62,7 +64,8 @@ class LSUVReport:
                 f"in {self.seconds:.2f}s{rng}")
 
     def __repr__(self):
-        import pandas as pd
+        try: import pandas as pd
+        except ImportError: return '\n'.join([self.summary(), *(' '.join(f'{v:.4f}' if isinstance(v, float) else str(v) for v in r.values()) for r in self.rows)])
         with pd.option_context('display.max_rows', 500, 'display.width', 200, 'display.float_format', '{:.4f}'.format):
             return f'{self.summary()}\n{self.df.to_string()}'
 
@@ -75,7 +78,7 @@ class LSUVReport:
             ):
         "Mean and std of each layer's output, in execution order: in the model as given (if measured), as LSUV found it, and after"
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
+        from matplotlib.ticker import MaxNLocator, LogLocator, FormatStrFormatter
         if axs is None: _,axs = plt.subplots(1, 2, figsize=figsize)
         rows = [r for r in self.rows if r['status'] != 'not called']
         x = range(len(rows))
@@ -86,8 +89,10 @@ class LSUVReport:
             ax.set_title(f"{stat} of each layer's output")
             if len(rows) <= max_names:
                 ax.set_xticks(list(x)); ax.set_xticklabels([_short(r['name']) for r in rows], rotation=90, fontsize=7)
-            else: ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.set_xlabel('layer (execution order)')
-            if stat == 'std': ax.set_yscale('log')
+            else: ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True)); ax.set_xlabel('layer (execution order)')
+            if stat == 'std':
+                ax.set_yscale('log'); ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+                ax.yaxis.set_major_formatter(FormatStrFormatter('%g')); ax.yaxis.set_minor_formatter(FormatStrFormatter(''))
             ax.grid(alpha=.3)
         axs[0].legend(fontsize=8)
         axs[0].figure.tight_layout()

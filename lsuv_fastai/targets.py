@@ -4,18 +4,18 @@
 
 # %% ../nbs/02_targets.ipynb #9726a34a
 from __future__ import annotations
-import math, re, warnings
+import itertools, math, re, warnings
 from dataclasses import dataclass
 from enum import Enum
 from numbers import Integral, Real
 import torch
 from torch import nn
-from .utils import unwrap, module_names
+from .utils import unwrap, module_names, loader_state_kept
 
 # %% auto #0
 __all__ = ['LSUV_TYPES', 'LSUV_TYPE_NAMES', 'SPECTRAL', 'owner', 'lsuv_layers', 'select', 'lsuv_targets', 'weight_norm_g',
            'scaled_params', 'is_affine', 'main_tensor', 'skip_reason', 'Settings', 'Status', 'Target', 'tensors',
-           'one_batch', 'batch_problem', 'n_samples']
+           'one_batch', 'is_loader', 'loader_batch', 'batch_problem', 'n_samples']
 
 # %% ../nbs/02_targets.ipynb #f78a9e8c
 LSUV_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -180,6 +180,30 @@ def one_batch(batches:list)->tuple:
     "The model's inputs from one batch, or from several concatenated"
     xs = [_as_inputs(xb) for xb in batches]
     return xs[0] if len(xs) == 1 else _concat(xs, 'inputs')
+
+# %% ../nbs/02_targets.ipynb #8ebc87ce
+def is_loader(o)->bool:
+    "True if `o` is a loader (any iterable of batches) rather than a batch"
+    return not isinstance(o, (torch.Tensor, tuple, list, dict, str)) and hasattr(o, '__iter__')
+
+def _to(x, device):
+    "`x` (a tensor, or nested tuples, lists and dicts of them) on `device`"
+    if isinstance(x, torch.Tensor): return x.to(device)
+    if isinstance(x, dict): return {k: _to(v, device) for k,v in x.items()}
+    if isinstance(x, (tuple, list)): return type(x)(_to(o, device) for o in x)
+    return x
+
+def loader_batch(dl, n_batches:int=1, device=None)->tuple:
+    "(the model's inputs, the labels or None) from the next `n_batches` batches of `dl`, concatenated, on `device`"
+    if not (isinstance(n_batches, int) and not isinstance(n_batches, bool) and n_batches >= 1):
+        raise ValueError(f"`n_batches` must be an int >= 1, got {n_batches!r}")
+    with loader_state_kept(dl): bs = list(itertools.islice(iter(dl), n_batches))
+    if not bs: raise ValueError("LSUV: the DataLoader yielded no batch")
+    split = [(tuple(b[:-1]), b[-1]) if isinstance(b, (tuple, list)) and len(b) > 1 else ((b[0] if isinstance(b, (tuple, list)) else b,), None) for b in bs]
+    xb = one_batch([_to(x, device) for x,_ in split])
+    ys = [y for _,y in split]
+    yb = one_batch([(_to(y, device),) for y in ys])[0] if all(isinstance(y, torch.Tensor) for y in ys) else None
+    return xb, yb
 
 # %% ../nbs/02_targets.ipynb #21d29a4b
 _BATCH_PROBLEMS = [None, 'is empty', 'holds NaN or inf', 'is constant (e.g. all zeros): it has no variance to normalize']

@@ -10,9 +10,9 @@ import torch, torch.distributed as dist
 from torch import nn
 
 # %% auto #0
-__all__ = ['unwrap', 'module_names', 'param_docs', 'preserved_rng', 'preserved', 'Undo', 'world_size', 'global_rank',
-           'LayerOrderError', 'Local', 'AllRanks', 'is_dtensor', 'local', 'whole', 'write_', 'mirror_', 'fsdp_modules',
-           'reshard', 'fsdp_shards', 'check_placements']
+__all__ = ['unwrap', 'module_names', 'param_docs', 'preserved_rng', 'preserved', 'loader_state_kept', 'Undo', 'world_size',
+           'global_rank', 'LayerOrderError', 'Local', 'AllRanks', 'is_dtensor', 'local', 'whole', 'write_', 'mirror_',
+           'fsdp_modules', 'reshard', 'fsdp_shards', 'check_placements']
 
 # %% ../nbs/01_utils.ipynb #99c24d73
 def unwrap(model:nn.Module)->nn.Module:
@@ -82,6 +82,38 @@ def preserved(model:nn.Module, mods:list|None=None, rng:bool=True):
             if m.training is not t: m.training = t
         with torch.no_grad():
             for m,k,b,saved in bufs: m._buffers[k] = b; b.copy_(saved)
+
+# %% ../nbs/01_utils.ipynb #5bbdcd4f
+def _fastai_loaders(dl)->list:
+    "`dl` and the fastai loader a `DistributedDL` wraps"
+    return [d for d in (dl, getattr(dl, 'dl', None)) if d is not None and hasattr(d, 'rng')]
+
+def _generators(dl)->list:
+    "The `torch.Generator`s a PyTorch DataLoader draws from: its own, its sampler's, its batch sampler's sampler's"
+    objs = [dl, getattr(dl, 'sampler', None), getattr(getattr(dl, 'batch_sampler', None), 'sampler', None)]
+    gs = [getattr(o, 'generator', None) for o in objs]
+    return list({id(g): g for g in gs if isinstance(g, torch.Generator)}.values())
+
+def _as_list(idxs)->list:
+    "The python list behind `idxs` (a list, or fastcore's `L`), to restore in place"
+    return idxs.items if isinstance(getattr(idxs, 'items', None), list) else idxs
+
+@contextmanager
+def loader_state_kept(dl):
+    "Leave `dl` (a fastai or PyTorch DataLoader) and the global RNGs as they were, whatever is drawn from it inside"
+    fastai_dls = _fastai_loaders(dl)
+    attrs = [(d, dict(vars(d)), d.rng.getstate()) for d in fastai_dls]
+    idxs = [(_as_list(d.items.idxs), list(d.items.idxs)) for d in fastai_dls if hasattr(getattr(d, 'items', None), 'idxs')]
+    gens = [(g, g.get_state()) for g in _generators(dl)]
+    torch_iter = getattr(dl, '__dict__', {}).get('_iterator')   # (any iterable will do)
+    try:
+        with preserved_rng(): yield
+    finally:
+        for d,saved,rng in attrs:
+            vars(d).clear(); vars(d).update(saved); d.rng.setstate(rng)
+        for live,saved in idxs: live[:] = saved
+        for g,state in gens: g.set_state(state)
+        if '_iterator' in getattr(dl, '__dict__', {}): dl.__dict__['_iterator'] = torch_iter
 
 # %% ../nbs/01_utils.ipynb #9dd05b94
 class Undo:

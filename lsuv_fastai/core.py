@@ -6,10 +6,10 @@
 from __future__ import annotations
 import math, time, warnings
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
-from .utils import (unwrap, module_names, preserved, Undo, Local, AllRanks, world_size, param_docs, write_,
+from .utils import (unwrap, module_names, preserved, Undo, Local, AllRanks, world_size, param_docs, write_, _is_custom,
                                mirror_, reshard, check_placements)
 from .targets import (LSUV_TYPES, LSUV_TYPE_NAMES, owner, lsuv_layers, lsuv_targets, select, scaled_params,
                                  is_affine, weight_norm_g, main_tensor, Settings, Status, Target, tensors, one_batch, batch_problem, n_samples,
@@ -32,6 +32,11 @@ def _unresponsive(before:tuple, after:tuple, a:float)->bool:
     "True if scaling the weights by `a` moved the output's std by less than a tenth of that (in log scale)"
     return abs(math.log(a)) > 0.01 and abs(math.log(after[1]/before[1])) < 0.1*abs(math.log(a))
 
+def _needs_watch(names:dict, shared:dict)->bool:
+    "Whether anything in the model may read a target's weight outside its call: shared weights, custom modules or hooks"
+    if shared or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks: return True
+    return any(_is_custom(m) or m._forward_hooks or m._forward_pre_hooks for m in names)   # (a stock torch.nn module reads its own)
+
 def _params_copy(m:nn.Module)->tuple:
     "A copy of `m`'s scaled (weight, bias)"
     w,b = scaled_params(m)
@@ -40,7 +45,7 @@ def _params_copy(m:nn.Module)->tuple:
 # %% ../nbs/05_core.ipynb #f51537cc
 class _Pass:
     "One LSUV pass over `targets`: the forward hooks, and what they found"
-    def __init__(self, targets:list, goal:Settings, stats, shared:dict, undo:Undo, eager:set=frozenset()):
+    def __init__(self, targets:list, goal:Settings, stats, shared:dict, undo:Undo, eager:set=frozenset(), watch:bool=True):
         self.goal,self.stats,self.shared,self.undo = goal,stats,shared,undo
         self.host = stats if stats.on_host else HostStats(stats.ranks)   # the re-run path reads every measurement
         self.by_module = {t.module: t for t in targets}
@@ -52,7 +57,7 @@ class _Pass:
         self.risky = []         # device path: flags, True where a derived statistic cannot be trusted
         self.new_bias = {}      # re-run path: target -> the number LSUV set as its (numeric) bias
         self.claimed = {}       # shared weights: id -> the target that adjusted it
-        self.watch = _UseWatch(live, self.order)
+        self.watch = _UseWatch(live if watch else [], self.order)   # (no targets: nothing to watch, no cost)
         self.hooked = {t: None for t in live if t.module._forward_hooks}   # targets with forward hooks of the user's
         self.output,self.ptrs = None,{}   # the model's output; where each target's output lies (head='ce')
 
@@ -62,7 +67,7 @@ class _Pass:
         hs += [t.module.register_forward_hook(self.hook, with_kwargs=True, prepend=True) for t in self.fits]
         hs += [t.module.register_forward_hook(self.after_user_hooks) for t in self.hooked]
         try:
-            with torch.no_grad(), self.watch: self.output = main_tensor(model(*xb))
+            with torch.no_grad(), (self.watch if self.watch.targets else nullcontext()): self.output = main_tensor(model(*xb))
         finally:
             for h in hs: h.remove()
         return self.finish()
@@ -282,7 +287,7 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
             if any(m.training != train for m in names): model.train(train)
             with torch.no_grad(): prepare(model, targets, ranks, ortho, prepared)
             stats,eager = statistics_for(device, ranks), set()
-            while not (run := _Pass(targets, goal, stats, shared, passed, eager)).run(model, xb):
+            while not (run := _Pass(targets, goal, stats, shared, passed, eager, _needs_watch(names, shared))).run(model, xb):
                 passed.undo()   # and again, with what this pass learned:
                 if run.untrusted: stats = HostStats(ranks)   # a statistic the device path cannot trust: the host measures instead
                 eager |= run.late   # closed-form targets the model used after they ran: re-run them (their weights change at once)

@@ -131,6 +131,8 @@ class Status(str, Enum):
     SKIPPED = 'skipped'              # LSUV cannot adjust it (no weight, weight shared and used first, ...)
     HEAD = 'head (ce)'               # the output layer, at the goal, then scaled so the batch's cross-entropy is ln C + 0.05 (head='ce')
 
+_PLAIN = set(LSUV_TYPES) - {nn.MultiheadAttention}   # stock layers holding their weight and bias themselves
+
 @dataclass(frozen=True, eq=False)
 class Target:
     "A layer to adjust, as it is before the pass"
@@ -143,6 +145,10 @@ class Target:
     @classmethod
     def of(cls, name:str, module:nn.Module, idx:int, goal:Settings):
         "The target `module`, named `name`, `idx`-th in the list (never reads a parametrized weight)"
+        if type(module) in _PLAIN and not module._forward_pre_hooks and 'parametrizations' not in module._modules:   # the common case, fast
+            w,b = module._parameters['weight'], module._parameters.get('bias')
+            if not isinstance(w, nn.parameter.UninitializedTensorMixin):
+                return cls(name, module, idx, w, b, None, b is not None and goal.mean is not None, w.dtype in (torch.float32, torch.float64))
         if why := skip_reason(module): return cls(name, module, idx, None, None, why, False, False)
         w,b = scaled_params(module)
         return cls(name, module, idx, w, b, None, b is not None and goal.mean is not None, is_affine(module, w))

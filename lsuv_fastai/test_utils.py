@@ -5,7 +5,7 @@
 # %% ../nbs/09_test_utils.ipynb #993c826f
 from __future__ import annotations
 import random, warnings
-import numpy as np, torch
+import torch
 from torch import nn
 import torch.nn.functional as F
 from .utils import module_names, unwrap
@@ -81,11 +81,13 @@ def assert_same_snapshot(before:dict, model):
 
 def rng_states()->tuple:
     "The global RNG states of torch, python `random` and numpy"
+    import numpy as np   # (numpy comes with fastai and the dev tools, not with the core)
     return torch.get_rng_state(), random.getstate(), np.random.get_state()
 
 def assert_same_rng(a, b):
     assert torch.equal(a[0], b[0]), "torch RNG state changed"
     assert a[1] == b[1], "python random state changed"
+    import numpy as np
     assert all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x,y in zip(a[2], b[2])), "numpy RNG changed"
 
 def all_finite(model)->bool:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_report.ipynb #769fdc5c
 from __future__ import annotations
-import functools, math, warnings
+import functools, math, re, warnings
 from collections import Counter
 from dataclasses import dataclass
 import torch
@@ -87,7 +87,7 @@ class LSUVReport:
             ax.plot(x, [r[f'{stat}_before'] for r in rows], 'o-', ms=3, label='as LSUV found it (inputs corrected)')
             ax.plot(x, [r[f'{stat}_after'] for r in rows], 'o-', ms=3, label='after LSUV')
             ax.set_title(f"{stat} of each layer's output")
-            if len(rows) <= max_names:
+            if len(rows) <= max_names and not all(re.fullmatch(r'[\d.]+', r['name']) for r in rows):   # (names like '3.0' read as numbers)
                 ax.set_xticks(list(x)); ax.set_xticklabels([_short(r['name']) for r in rows], rotation=90, fontsize=7)
             else: ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True)); ax.set_xlabel('layer (execution order)')
             if stat == 'std':

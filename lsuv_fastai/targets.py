@@ -145,10 +145,9 @@ class Target:
     @classmethod
     def of(cls, name:str, module:nn.Module, idx:int, goal:Settings):
         "The target `module`, named `name`, `idx`-th in the list (never reads a parametrized weight)"
-        if type(module) in _PLAIN and not module._forward_pre_hooks and 'parametrizations' not in module._modules:   # the common case, fast
+        if type(module) in _PLAIN and not module._forward_pre_hooks:   # the common case, fast (a parametrized or lazy layer has another type)
             w,b = module._parameters['weight'], module._parameters.get('bias')
-            if not isinstance(w, nn.parameter.UninitializedTensorMixin):
-                return cls(name, module, idx, w, b, None, b is not None and goal.mean is not None, w.dtype in (torch.float32, torch.float64))
+            return cls(name, module, idx, w, b, None, b is not None and goal.mean is not None, w.dtype in (torch.float32, torch.float64))
         if why := skip_reason(module): return cls(name, module, idx, None, None, why, False, False)
         w,b = scaled_params(module)
         return cls(name, module, idx, w, b, None, b is not None and goal.mean is not None, is_affine(module, w))

@@ -375,3 +375,79 @@ def test_concat_keeps_equal_values_that_are_not_the_same_object():
     assert big1 is not big2
     x = one_batch([(torch.randn(2, 3), big1), (torch.randn(1, 3), big2)])
     assert x[0].shape == (3, 3) and x[1] == 1000000
+
+
+# ---- the head's factor, loaders, the fast path of Target.of
+def test_ce_scale():
+    from lsuv_fastai.stats import ce_scale
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    z, y = torch.randn(256, 10)*3, torch.randint(0, 10, (256,))
+    s = ce_scale(z, y, Local(), 0)
+    assert 0 < s < 1 and F.cross_entropy(s*z, y).item() == pytest.approx(math.log(10) + 0.05, abs=1e-6)
+    s2 = ce_scale(z, y, Local(), 0, margin=0.2)
+    assert s2 > s and F.cross_entropy(s2*z, y).item() == pytest.approx(math.log(10) + 0.2, abs=1e-6)
+    assert ce_scale(z*0.01, y, Local(), 0) == 1.
+    assert ce_scale(z.reshape(16, 16, 10), y.reshape(16, 16), Local(), 0) == s   # extra dims are rows
+    yi = y.clone(); yi[:128] = -100   # ignored labels count in neither sum
+    s3 = ce_scale(z, yi, Local(), 0)
+    assert F.cross_entropy(s3*z, yi).item() == pytest.approx(math.log(10) + 0.05, abs=1e-6)
+    class Sums:   # a stand-in for the ranks that doubles every sum: the same ratio, so the same factor
+        parts = 2
+        def __init__(self): self.tags = []
+        def sum(self, v, tag): self.tags.append(tag); return [2*x for x in v]
+    r = Sums()
+    assert ce_scale(z, y, r, 3) == pytest.approx(s, abs=1e-9) and set(r.tags) == {3} and len(r.tags) == 41
+
+
+def test_loader_batch_and_helpers():
+    from torch.utils.data import DataLoader, TensorDataset
+    from lsuv_fastai.targets import is_loader, loader_batch, _to
+    assert [is_loader(o) for o in (DataLoader([1]), torch.ones(2), (1,), [1], {'a': 1}, 'ab', iter([1]), range(3))] == \
+           [True, False, False, False, False, False, True, True]
+    x = {'a': torch.ones(2), 'b': [torch.zeros(1), 3], 'c': (torch.ones(1),)}
+    moved = _to(x, 'meta')
+    assert moved['a'].device.type == 'meta' and moved['b'][0].device.type == 'meta' and moved['b'][1] == 3
+    assert isinstance(moved['c'], tuple) and isinstance(moved['b'], list)
+    ds = TensorDataset(torch.arange(12.).reshape(6, 2), torch.arange(6), torch.arange(6) + 10)
+    xb, yb = loader_batch(DataLoader(ds, batch_size=2), 2)
+    assert torch.equal(xb[0], torch.arange(8.).reshape(4, 2)) and torch.equal(xb[1], torch.arange(4))   # all but the last item
+    assert torch.equal(yb, torch.arange(4) + 10)
+    xb, yb = loader_batch([torch.ones(3, 2), torch.ones(2, 2)], 2)   # tensor batches: the input itself, no labels
+    assert xb[0].shape == (5, 2) and yb is None
+    xb, yb = loader_batch([(torch.ones(3, 2),)], 1)                  # a batch of one item: that item
+    assert xb[0].shape == (3, 2) and yb is None
+    xb, yb = loader_batch([(torch.ones(3, 2), torch.ones(3))], 1, device='meta')
+    assert xb[0].device.type == 'meta' and yb.device.type == 'meta'
+    for n in (0, 1.5, True): 
+        with pytest.raises(ValueError, match='`n_batches` must be an int >= 1'): loader_batch([torch.ones(2)], n)
+    with pytest.raises(ValueError, match='^LSUV: the DataLoader yielded no batch$'): loader_batch([], 1)
+    dl = DataLoader(ds, batch_size=2, shuffle=True)
+    state = torch.get_rng_state(); loader_batch(dl, 2)
+    assert torch.equal(torch.get_rng_state(), state)   # drawing left the global RNG (and so the shuffle) as it was
+    g = torch.Generator().manual_seed(1); dl = DataLoader(ds, batch_size=2, shuffle=True, generator=g)
+    gstate = g.get_state(); loader_batch(dl, 1)
+    assert torch.equal(g.get_state(), gstate)           # and the loader's own generator
+
+
+@pytest.mark.parametrize('make,affine,fast', [
+    (lambda: nn.Linear(3, 4), True, True), (lambda: nn.Conv2d(3, 4, 3, bias=False), True, True),
+    (lambda: nn.Linear(3, 4).double(), True, True), (lambda: nn.Linear(3, 4).half(), False, True),
+    (lambda: nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)), True, False), (lambda: nn.MultiheadAttention(4, 2), True, False),
+    (lambda: nn.utils.weight_norm(nn.Linear(3, 4)), True, True)])   # the old weight norm: a Linear with a pre-hook
+def test_target_of_agrees_with_the_general_path(make, affine, fast):
+    from lsuv_fastai.targets import _PLAIN
+    m = make()
+    t = Target.of('m', m, 2, Settings())
+    w, b = scaled_params(m)
+    assert (t.weight is w, t.bias is b, t.skip, t.affine, t.shifted, t.idx) == (True, True, None, affine, b is not None, 2)
+    assert (type(m) in _PLAIN) == fast
+    if m._forward_pre_hooks: assert t.weight is m.weight_g   # (the fast path must not take it: it has no `weight` parameter)
+    m.register_forward_pre_hook(lambda mod, a: None)   # off the fast path: the same answer
+    t2 = Target.of('m', m, 2, Settings())
+    assert (t2.weight is w, t2.affine, t2.shifted) == (True, affine, b is not None)
+
+
+def test_target_of_lazy_is_skipped():
+    t = Target.of('l', nn.LazyLinear(3), 0, Settings())
+    assert t.skip.startswith('lazy module') and t.weight is None and not t.affine

@@ -9,15 +9,15 @@ from collections import Counter
 from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
-from .utils import (unwrap, module_names, preserved, Undo, Local, AllRanks, world_size, param_docs, write_, _is_custom,
+from .utils import (unwrap, module_names, preserved, Undo, Local, AllRanks, world_size, param_docs, write_,
                                mirror_, reshard, check_placements)
 from .targets import (LSUV_TYPES, LSUV_TYPE_NAMES, owner, lsuv_layers, lsuv_targets, select, scaled_params,
                                  is_affine, weight_norm_g, main_tensor, Settings, Status, Target, tensors, one_batch, batch_problem, n_samples,
                                  is_loader, loader_batch,
                                  _BATCH_PROBLEMS)
-from .stats import dead, correction, derived, trusted, affine_, ce_scale, HostStats, statistics_for
+from .stats import dead, correction, derived, trusted, unresponsive, affine_, ce_scale, HostStats, statistics_for
 from .report import Fit, row, LSUVReport, warn_about, layer_stats
-from .watch import shared_weights, _UseWatch
+from .watch import shared_weights, needs_watch, _UseWatch
 from .prepare import check_batches, check_arity, materialize, prepare
 
 # %% auto #0
@@ -27,15 +27,6 @@ __all__ = ['lsuv_init']
 def _non_finite(t:Target)->ValueError:
     return ValueError(f"LSUV: non-finite activations at layer '{t.name}' ({type(t.module).__name__}); "
                       "check the batch and the layers before it; the model was not changed")
-
-def _unresponsive(before:tuple, after:tuple, a:float)->bool:
-    "True if scaling the weights by `a` moved the output's std by less than a tenth of that (in log scale)"
-    return abs(math.log(a)) > 0.01 and abs(math.log(after[1]/before[1])) < 0.1*abs(math.log(a))
-
-def _needs_watch(names:dict, shared:dict)->bool:
-    "Whether anything in the model may read a target's weight outside its call: shared weights, custom modules or hooks"
-    if shared or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks: return True
-    return any(_is_custom(m) or m._forward_hooks or m._forward_pre_hooks for m in names)   # (a stock torch.nn module reads its own)
 
 def _params_copy(m:nn.Module)->tuple:
     "A copy of `m`'s scaled (weight, bias)"
@@ -148,7 +139,7 @@ class _Pass:
             fit.iters = k
             new = t.module.forward(*args, **kwargs)
             new_stats = self.measure(t, main_tensor(new), self.host)
-            if dead(*new_stats) or _unresponsive(stats, new_stats, a):  # saturated, or its weights' scale does not matter
+            if dead(*new_stats) or unresponsive(stats, new_stats, a):  # saturated, or its weights' scale does not matter
                 self.set_params(t, w0, b0); break
             out,stats = new,new_stats
         if goal.distance(*stats, t.shifted) >= goal.distance(*fit.found, t.shifted):   # no better: leave it as it was
@@ -287,7 +278,7 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
             if any(m.training != train for m in names): model.train(train)
             with torch.no_grad(): prepare(model, targets, ranks, ortho, prepared)
             stats,eager = statistics_for(device, ranks), set()
-            while not (run := _Pass(targets, goal, stats, shared, passed, eager, _needs_watch(names, shared))).run(model, xb):
+            while not (run := _Pass(targets, goal, stats, shared, passed, eager, needs_watch(names, shared))).run(model, xb):
                 passed.undo()   # and again, with what this pass learned:
                 if run.untrusted: stats = HostStats(ranks)   # a statistic the device path cannot trust: the host measures instead
                 eager |= run.late   # closed-form targets the model used after they ran: re-run them (their weights change at once)

@@ -12,8 +12,8 @@ import torch
 from .targets import Settings
 
 # %% auto #0
-__all__ = ['dead', 'correction', 'derived', 'affine_', 'trusted', 'moments', 'mean_std', 'HostStats', 'DeviceStats', 'ce_scale',
-           'forced_path', 'statistics_for']
+__all__ = ['dead', 'correction', 'derived', 'unresponsive', 'affine_', 'trusted', 'moments', 'mean_std', 'HostStats',
+           'DeviceStats', 'ce_scale', 'forced_path', 'statistics_for']
 
 # %% ../nbs/03_stats.ipynb #3e78b4a6
 def dead(mean, std):
@@ -34,6 +34,11 @@ def correction(mean, std, goal:Settings, shifts:bool)->tuple:
 def derived(mean, std, a, c)->tuple:
     "Statistics of `a*y + c` from those of `y`"
     return a*mean + c, a*std
+
+# %% ../nbs/03_stats.ipynb #0e6c110f
+def unresponsive(before:tuple, after:tuple, a:float)->bool:
+    "True if scaling the weights by `a` moved the output's std by less than a tenth of that (in log scale)"
+    return abs(math.log(a)) > 0.01 and abs(math.log(after[1]/before[1])) < 0.1*abs(math.log(a))
 
 # %% ../nbs/03_stats.ipynb #79070664
 def affine_(y:torch.Tensor, a, c)->torch.Tensor:

@@ -8,10 +8,12 @@ from collections import Counter
 from contextlib import contextmanager
 import torch
 from torch.overrides import TorchFunctionMode
+from torch import nn
+from .utils import _is_custom
 from .targets import owner, Target
 
 # %% auto #0
-__all__ = ['shared_weights']
+__all__ = ['shared_weights', 'needs_watch']
 
 # %% ../nbs/04a_watch.ipynb #efc92f09
 def _own(t:Target)->bool:
@@ -41,6 +43,11 @@ def shared_weights(names:dict, targets:list)->dict:
     return res
 
 # %% ../nbs/04a_watch.ipynb #08e50ff0
+def needs_watch(names:dict, shared:dict)->bool:
+    "Whether anything in the model may read a target's weight outside its call: shared weights, custom modules or hooks"
+    if shared or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks: return True
+    return any(_is_custom(m) or m._forward_hooks or m._forward_pre_hooks for m in names)   # (a stock torch.nn module reads its own)
+
 _METADATA = {torch.Tensor.size, torch.Tensor.numel, torch.Tensor.dim, torch.Tensor.ndimension, torch.Tensor.nelement,
              torch.Tensor.stride, torch.Tensor.is_contiguous, torch.Tensor.is_floating_point, torch.Tensor.is_complex,
              torch.Tensor.element_size, torch.Tensor.__len__, torch.Tensor.data_ptr}   # reading these reads no weight

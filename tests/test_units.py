@@ -14,7 +14,8 @@ from lsuv_fastai.targets import (LSUV_TYPES, SPECTRAL, lsuv_layers, select, scal
 from lsuv_fastai.stats import (dead, correction, derived, trusted, affine_, moments, mean_std, HostStats, DeviceStats,
                                forced_path, statistics_for)
 from lsuv_fastai.report import Fit, row, LSUVReport
-from lsuv_fastai.core import lsuv_init, _unresponsive
+from lsuv_fastai.core import lsuv_init
+from lsuv_fastai.stats import unresponsive as _unresponsive
 from lsuv_fastai.utils import module_names
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
-from .utils import (unwrap, module_names, preserved, Undo, Local, AllRanks, world_size, param_docs, write_,
+from .utils import (unwrap, module_names, preserved, fsdp_modules, runs_user_code, Undo, Local, AllRanks, world_size, param_docs, write_,
                                mirror_, reshard, check_placements)
 from .targets import (LSUV_TYPES, LSUV_TYPE_NAMES, owner, lsuv_layers, lsuv_targets, select, scaled_params,
                                  is_affine, weight_norm_g, main_tensor, Settings, Status, Target, tensors, one_batch, batch_problem, n_samples,
@@ -49,19 +49,35 @@ class _Pass:
         self.new_bias = {}      # re-run path: target -> the number LSUV set as its (numeric) bias
         self.claimed = {}       # shared weights: id -> the target that adjusted it
         self.watch = _UseWatch(live if watch else [], self.order)   # (no targets: nothing to watch, no cost)
-        self.hooked = {t: None for t in live if t.module._forward_hooks}   # targets with forward hooks of the user's
+        user_hooks = nn.modules.module._global_forward_hooks
+        self.hooked = {t: None for t in live if t.module._forward_hooks or user_hooks}   # targets with forward hooks of the user's (or global ones)
         self.output,self.ptrs = None,{}   # the model's output; where each target's output lies (head='ce')
+        self.forwards = {}      # target -> (its instance `forward` before the pass, or None; the forward the pass calls)
 
     def run(self, model:nn.Module, xb:tuple)->bool:
         "Run `model` on the inputs `xb` with the hooks in place, then `finish`; False if the pass must be made again"
         hs = [t.module.register_forward_pre_hook(self.watch.enter, prepend=True) for t in self.watch.targets]   # (its pre-hooks are its call)
-        hs += [t.module.register_forward_hook(self.hook, with_kwargs=True, prepend=True) for t in self.fits]
         hs += [t.module.register_forward_hook(self.after_user_hooks) for t in self.hooked]
         try:
+            for t in self.fits: self.wrap(t)
             with torch.no_grad(), (self.watch if self.watch.targets else nullcontext()): self.output = main_tensor(model(*xb))
         finally:
             for h in hs: h.remove()
+            for t in self.fits: self.unwrap(t)
         return self.finish()
+
+    def wrap(self, t):
+        "Put `hook` in `t`'s forward: it sees the layer's own output before any forward hook, and a layer without hooks keeps torch's fast call"
+        m = t.module
+        self.forwards[t] = m.__dict__.get('forward'), m.forward   # (the user's own instance `forward`, if any; what to call)
+        call = self.forwards[t][1]
+        m.__dict__['forward'] = lambda *args, **kwargs: self.hook(m, args, kwargs, call(*args, **kwargs))
+
+    def unwrap(self, t):
+        if t not in self.forwards: return
+        own,_ = self.forwards.pop(t)
+        if own is None: t.module.__dict__.pop('forward', None)
+        else: t.module.__dict__['forward'] = own
 
     def hook(self, m, args, kwargs, out):
         "At a target's first call: measure and fit it; at a later call: replay its correction"
@@ -75,8 +91,9 @@ class _Pass:
             fitted = t in self.closed and self.fit_closed_form(t, y)
         if not fitted:
             with self.watch.paused(): out = self.fit_by_rerun(t, args, kwargs, out)
-        if t in self.hooked: self.hooked[t] = (main_tensor(out), main_tensor(out)._version)
-        self.ptrs[t] = main_tensor(out).data_ptr()
+            y = main_tensor(out)
+        if t in self.hooked: self.hooked[t] = (y, y._version)
+        self.ptrs[t] = y.data_ptr()
         return out
 
     def replay(self, t, out):
@@ -137,7 +154,7 @@ class _Pass:
             changed,w0,b0 = self.rescale(t, a, c)
             if not changed: break   # below the weight's precision (bfloat16)
             fit.iters = k
-            new = t.module.forward(*args, **kwargs)
+            new = self.forwards[t][1](*args, **kwargs)
             new_stats = self.measure(t, main_tensor(new), self.host)
             if dead(*new_stats) or unresponsive(stats, new_stats, a):  # saturated, or its weights' scale does not matter
                 self.set_params(t, w0, b0); break
@@ -176,16 +193,16 @@ class _Pass:
     def finish(self)->bool:
         "Read the statistics (once) and decide every status; False if the pass must be made again (see `lsuv_init`)"
         self.stats.ranks.finish()
-        fitted = [t for t in self.order if self.fits[t].status is not Status.SKIPPED]
-        vals = self.stats.read([v for t in fitted for v in (*self.fits[t].found, *self.fits[t].final)] + self.risky)
-        for i,t in enumerate(fitted):
-            fit = self.fits[t]
-            fit.found,fit.final = tuple(vals[4*i:4*i+2]), tuple(vals[4*i+2:4*i+4])
-            if not math.isfinite(fit.found[1]): raise _non_finite(t)
-        self.untrusted = any(vals[4*len(fitted):])
+        fitted = [(t, self.fits[t]) for t in self.order if self.fits[t].status is not Status.SKIPPED]
+        self.untrusted = False
+        if not self.stats.on_host:   # device scalars, read at once (the host path holds floats, checked as it measured)
+            vals = self.stats.read([v for _,fit in fitted for v in (*fit.found, *fit.final)] + self.risky)
+            for i,(t,fit) in enumerate(fitted):
+                fit.found,fit.final = tuple(vals[4*i:4*i+2]), tuple(vals[4*i+2:4*i+4])
+                if not math.isfinite(fit.found[1]): raise _non_finite(t)
+            self.untrusted = any(vals[4*len(fitted):])
         if self.untrusted or self.late: return False
-        for t in fitted:
-            fit = self.fits[t]
+        for t,fit in fitted:
             if dead(*fit.found): fit.status,fit.final,fit.iters = Status.DEAD, fit.found, 0; self.corrections.pop(t, None)
             else: fit.status = Status.OK if self.goal.reached(*fit.final, t.shifted) else Status.NOT_CONVERGED
         return True
@@ -214,15 +231,11 @@ class _Pass:
     def apply(self):
         "Write the closed-form corrections into the weights, in place, and set the re-run layers' numeric biases again"
         ts = list(self.corrections)
-        bs = [t for t in ts if t.bias is not None]
-        if self.stats.on_host:   # one call for all the weights, one for all the biases: small models have many small tensors
-            if ts: torch._foreach_mul_([t.weight for t in ts], [self.corrections[t][0] for t in ts])
-            if bs:
-                torch._foreach_mul_([t.bias for t in bs], [self.corrections[t][0] for t in bs])
-                torch._foreach_add_([t.bias for t in bs], [self.corrections[t][1] for t in bs])
+        if ts and self.stats.on_host: torch._foreach_mul_([t.weight for t in ts], [self.corrections[t][0] for t in ts])   # (one call: small models have many small tensors)
         else:
             for t in ts: t.weight.mul_(self.corrections[t][0])
-            for t in bs: t.bias.mul_(self.corrections[t][0]).add_(self.corrections[t][1])
+        for t in ts:
+            if t.bias is not None: affine_(t.bias, *self.corrections[t])   # b <- a*b + c: one operation, rounded once
         for t,b in self.new_bias.items(): owner(t.module).bias = b   # `preserved` put the module's attributes back
 
     @property
@@ -260,25 +273,27 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
     if head and not isinstance(yb, torch.Tensor): raise ValueError("head='ce' needs the batch's labels: lsuv_init(model, xb, head='ce', yb=yb)")
     parts = [one_batch([xb]) for xb in batches]
     check_arity(model, parts[0])
-    check_placements(model, sync); reshard(model)   # FSDP2: the targets' weights are the shards, not gathered copies
     names = module_names(model)
+    mods = list(names)
+    fsdp = fsdp_modules(model, mods)
+    check_placements(model, sync, mods); reshard(model, fsdp)   # FSDP2: the targets' weights are the shards, not gathered copies
     selected = select(model, modules, names)
     device = tensors(parts[0])[0].device
     ranks = AllRanks(device) if sync and world_size() > 1 else Local()
     check_batches(parts, ranks)
     xb = one_batch(parts)
-    if any(nn.parameter.is_lazy(p) for m in names for p in m._parameters.values()): materialize(model, xb, list(names))
+    if any(nn.parameter.is_lazy(p) for m in names for p in m._parameters.values()): materialize(model, xb, mods)
     targets = [Target.of(n, m, i, goal) for i,(n,m) in enumerate(selected)]
     before = layer_stats(model, xb, [t.module for t in targets], train) if given else None
     start = time.perf_counter()   # (the report's time is LSUV's own: `given` is measured before)
     shared = shared_weights(names, targets)
     prepared,passed = Undo(),Undo()
     try:
-        with preserved(model, list(names)):
-            if any(m.training != train for m in names): model.train(train)
-            with torch.no_grad(): prepare(model, targets, ranks, ortho, prepared)
+        user = runs_user_code(mods)
+        with preserved(model, mods, user=user, mode=train):
+            with torch.no_grad(): prepare(model, targets, ranks, ortho, prepared, fsdp)
             stats,eager = statistics_for(device, ranks), set()
-            while not (run := _Pass(targets, goal, stats, shared, passed, eager, needs_watch(names, shared))).run(model, xb):
+            while not (run := _Pass(targets, goal, stats, shared, passed, eager, needs_watch(names, shared, user))).run(model, xb):
                 passed.undo()   # and again, with what this pass learned:
                 if run.untrusted: stats = HostStats(ranks)   # a statistic the device path cannot trust: the host measures instead
                 eager |= run.late   # closed-form targets the model used after they ran: re-run them (their weights change at once)
@@ -286,7 +301,7 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
         run.apply()
     except BaseException:
         passed.undo(); prepared.undo(); raise
-    finally: reshard(model)   # FSDP2: the next forward gathers the new weights, not the pass's copies
+    finally: reshard(model, fsdp)   # FSDP2: the next forward gathers the new weights, not the pass's copies
     in_order = [*run.order, *(t for t in targets if t not in run.order)]
     report = LSUVReport([row(t, run.fits[t]) for t in in_order], time.perf_counter() - start,
                         given=None if before is None else {names[m]: v for m,v in before.items()})

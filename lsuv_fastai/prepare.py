@@ -16,6 +16,7 @@ __all__ = ['check_arity', 'check_batches', 'materialize', 'orthonormal_', 'prepa
 # %% ../nbs/04b_prepare.ipynb #083b9cea
 def check_arity(model:nn.Module, xs:tuple):
     "Refuse a batch holding more inputs than `model.forward` takes: an `(x, y)` batch given whole, most likely"
+    if len(xs) < 2: return   # (one input: every forward that runs at all takes it)
     try: ps = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError): return
     if any(p.kind in (p.VAR_POSITIONAL,) for p in ps): return
@@ -34,7 +35,7 @@ def check_batches(parts:list, ranks):
 
 def materialize(model:nn.Module, xb:tuple, mods:list):
     "Run `model` once in eval mode so that its lazy modules take their shapes; their init draws from the global RNG, as at a first call"
-    with preserved(model, mods, rng=False), torch.no_grad(): model.eval(); model(*xb)
+    with preserved(model, mods, rng=False, mode=False), torch.no_grad(): model(*xb)
 
 def orthonormal_(ws:list, ranks):
     "Orthonormal init of each weight in `ws`, in place (paper step 1), from a generator of its own, in float32, rank 0's on every rank"
@@ -43,8 +44,8 @@ def orthonormal_(ws:list, ranks):
         q = nn.init.orthogonal_(torch.empty(w.shape, dtype=torch.float32), generator=g).to(w.device)
         ranks.broadcast_([q]); write_(w, q)   # (FSDP2: each rank keeps its part of rank 0's matrix)
 
-def prepare(model:nn.Module, targets:list, ranks, ortho:bool, undo:Undo):
-    "Make the ranks agree on the weights, then the orthonormal pre-init if asked"
+def prepare(model:nn.Module, targets:list, ranks, ortho:bool, undo:Undo, mods:list|None=None):
+    "Make the ranks agree on the weights, then the orthonormal pre-init if asked (`mods`: the model's modules, or its FSDP2 ones, if known)"
     if not ranks.agree(model):
         ts = list(model.parameters()) + list(model.buffers())
         for t in ts: undo.save(t)
@@ -54,4 +55,4 @@ def prepare(model:nn.Module, targets:list, ranks, ortho:bool, undo:Undo):
         ws = [t.weight for t in targets if not t.skip and weight_norm_g(owner(t.module)) is None]
         for w in ws: undo.save(w)
         orthonormal_(ws, ranks)
-    reshard(model)   # FSDP2: a forward before (`given`) left the root's weights gathered; the pass gathers the new ones
+    reshard(model, mods)   # FSDP2: a forward before (`given`) left the root's weights gathered; the pass gathers the new ones

@@ -16,7 +16,7 @@ from .targets import Status, Target, select, main_tensor, one_batch
 __all__ = ['Fit', 'row', 'LSUVReport', 'layer_stats', 'warn_about']
 
 # %% ../nbs/04_report.ipynb #176811e6
-@dataclass
+@dataclass(slots=True)
 class Fit:
     "What the pass did to one target"
     status:Status=Status.NOT_CALLED; note:str=''
@@ -117,7 +117,7 @@ def layer_stats(model:nn.Module, # The model to measure (it is not changed)
         if m not in res and y is not None: res[m] = (y.double().mean().item(), y.double().std().item())
     hs = [m.register_forward_hook(hook, prepend=True) for m in targets]   # the layer's own output, before hooks of the user's
     try:
-        with preserved(model), torch.no_grad(): model.train(train); model(*one_batch([xb]))
+        with preserved(model, mode=train), torch.no_grad(): model(*one_batch([xb]))
     finally:
         for h in hs: h.remove()
     return res
@@ -129,8 +129,10 @@ _WHY = {Status.DEAD: 'output has no variance; left as they were', Status.NOT_CAL
 
 def warn_about(targets:list, fits:dict):
     "Warn about every target that is not 'ok': skipped (with the reason), dead, not called, not converged"
-    skipped = [t for t in targets if fits[t].status is Status.SKIPPED]
-    if skipped: warnings.warn('LSUV skips: ' + '; '.join(f"'{t.name}' ({type(t.module).__name__}): {fits[t].note}" for t in skipped), stacklevel=3)
+    by_status = {}
+    for t in targets:
+        if fits[t].status is not Status.OK: by_status.setdefault(fits[t].status, []).append(t)
+    if skipped := by_status.get(Status.SKIPPED): warnings.warn('LSUV skips: ' + '; '.join(f"'{t.name}' ({type(t.module).__name__}): {fits[t].note}" for t in skipped), stacklevel=3)
     for status,why in _WHY.items():
-        names = [t.name for t in targets if fits[t].status is status]
+        names = [t.name for t in by_status.get(status, [])]
         if names: warnings.warn(f"LSUV: {len(names)} layer(s) {why}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}", stacklevel=3)

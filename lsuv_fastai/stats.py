@@ -16,6 +16,8 @@ __all__ = ['dead', 'correction', 'derived', 'unresponsive', 'affine_', 'trusted'
            'DeviceStats', 'ce_scale', 'forced_path', 'statistics_for']
 
 # %% ../nbs/03_stats.ipynb #3e78b4a6
+_WIDE = (torch.float32, torch.float64)   # the dtypes statistics are taken in as they are
+
 def dead(mean, std):
     "True where an output has no variance: std 0, or below what float32 resolves at that mean"
     if isinstance(std, torch.Tensor): return std <= (1e-7*mean.abs()).clamp_min(1e-12)
@@ -43,7 +45,7 @@ def unresponsive(before:tuple, after:tuple, a:float)->bool:
 # %% ../nbs/03_stats.ipynb #79070664
 def affine_(y:torch.Tensor, a, c)->torch.Tensor:
     "`y <- a*y + c` in place, in one pass over `y` (`a`, `c`: floats, or scalar tensors on `y`'s device)"
-    if y.dtype not in (torch.float32, torch.float64): return y.copy_(y.float().mul_(a).add_(c))  # not a, c in bf16
+    if y.dtype not in _WIDE: return y.copy_(y.float().mul_(a).add_(c))  # not a, c in bf16
     if isinstance(a, torch.Tensor): return torch.addcmul(c.to(y.dtype), y, a.to(y.dtype), out=y)
     return torch.add(torch.scalar_tensor(c, dtype=y.dtype, device=y.device), y, alpha=a, out=y)
 
@@ -55,10 +57,10 @@ def trusted(mean, std, goal:Settings):
 # %% ../nbs/03_stats.ipynb #d908c5ff
 def moments(y:torch.Tensor, shift:float|None=None)->list:
     "[count, sum, sum of squares] of `y` (of `y - shift` in float64, if given), accumulated in float32 or wider"
-    y = y.detach()
+    if y.requires_grad: y = y.detach()
     if shift is not None: y = y.double() - shift
-    elif y.dtype not in (torch.float32, torch.float64): y = y.float()
-    v = y.view(-1) if y.is_contiguous() else y.reshape(-1)
+    elif y.dtype not in _WIDE: y = y.float()
+    v = y.reshape(-1)   # (a view when it can be)
     return [float(v.numel()), v.sum().item(), torch.dot(v, v).item()]
 
 def mean_std(n, s, q)->tuple:
@@ -79,7 +81,6 @@ class HostStats:
         if abs(mean) > 10*std:
             d,std = mean_std(*self.ranks.sum(moments(y, mean), tag)); mean += d
         return mean, std
-    def read(self, vals:list)->list: return [float(v) for v in vals]
 
 # %% ../nbs/03_stats.ipynb #7951abb3
 class DeviceStats:
@@ -89,7 +90,7 @@ class DeviceStats:
     def measure(self, y:torch.Tensor, tag:int)->tuple:
         "(mean, std) of `y` over every rank's batch, as 0-dim tensors on `y`'s device; `tag` names the layer to the ranks"
         y = y.detach()
-        var,mean = torch.var_mean(y if y.dtype in (torch.float32, torch.float64) else y.float(), correction=0)
+        var,mean = torch.var_mean(y if y.dtype in _WIDE else y.float(), correction=0)
         n = y.numel()
         mean,m2 = mean.double(), var.double()*n
         if self.ranks.parts > 1:

@@ -28,15 +28,21 @@ def owner(m:nn.Module)->nn.Module:
 
 def lsuv_layers(model:nn.Module, mods:list|None=None)->list[nn.Module]:
     "Every module of `model` that LSUV targets by default (a type in `LSUV_TYPES`), in registration order (`mods`: its modules, if known)"
-    mods = list(model.modules()) if mods is None else mods
-    mha_out = {owner(m) for m in mods if isinstance(m, nn.MultiheadAttention)}
-    return [m for m in mods if isinstance(m, LSUV_TYPES) and m not in mha_out]
+    found = [m for m in (model.modules() if mods is None else mods) if isinstance(m, LSUV_TYPES)]
+    mha_out = {owner(m) for m in found if isinstance(m, nn.MultiheadAttention)}
+    return [m for m in found if m not in mha_out] if mha_out else found
 
 # %% ../nbs/02_targets.ipynb #cfa197ec
 def select(model:nn.Module, modules, names:dict)->list:
     "List of (name, module) targets in the order of `modules`, without duplicates; `names` is `module_names(model)`"
-    if modules is None: modules = lsuv_layers(model, list(names))
-    elif callable(modules) and not isinstance(modules, nn.Module): modules = modules(model)
+    if modules is None: res = [(names[m], m) for m in lsuv_layers(model, list(names))]   # (from `names`: in the model, once each)
+    else: res = _chosen(model, modules, names)
+    if not res: raise ValueError(f"No layer to initialize: the model has no {LSUV_TYPE_NAMES} layer and `modules` selected none")
+    return res
+
+def _chosen(model:nn.Module, modules, names:dict)->list:
+    "(name, module) for each module of `modules` (modules, or a function `model -> modules`), checked to be in the model, once each"
+    if callable(modules) and not isinstance(modules, nn.Module): modules = modules(model)
     if isinstance(modules, nn.Module): modules = [modules]
     try: modules = list(modules)
     except TypeError: raise TypeError("`modules` must be a module, an iterable of modules, or a function of the model "
@@ -46,7 +52,6 @@ def select(model:nn.Module, modules, names:dict)->list:
         if not isinstance(m, nn.Module): raise TypeError(f"`modules` must hold nn.Module objects, got {type(m).__name__}")
         if m not in names: raise ValueError(f"`modules` lists a {type(m).__name__} that is not part of the model")
         res.setdefault(m, names[m])
-    if not res: raise ValueError(f"No layer to initialize: the model has no {LSUV_TYPE_NAMES} layer and `modules` selected none")
     return [(n, m) for m,n in res.items()]
 
 def lsuv_targets(model:nn.Module, modules=None)->list[nn.Module]:
@@ -79,6 +84,7 @@ def is_affine(m:nn.Module, w=None)->bool:
 
 def main_tensor(out):
     "The tensor LSUV normalizes in a layer's output (the first one of a tuple, as `MultiheadAttention` returns)"
+    if type(out) is torch.Tensor: return out   # (the common case, fast)
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor): return out[0]
     return out if isinstance(out, torch.Tensor) else None
 
@@ -98,7 +104,7 @@ def skip_reason(m:nn.Module)->str|None:
     return None
 
 # %% ../nbs/02_targets.ipynb #926c064c
-def _finite(v)->bool: return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+def _finite(v)->bool: return (type(v) in (float, int) or isinstance(v, Real) and not isinstance(v, bool)) and math.isfinite(v)
 
 @dataclass(frozen=True)
 class Settings:
@@ -108,7 +114,7 @@ class Settings:
         if not (_finite(self.std) and self.std > 0): raise ValueError(f"`std` must be a finite number > 0, got {self.std!r}")
         if self.mean is not None and not _finite(self.mean): raise ValueError(f"`mean` must be a finite number or None, got {self.mean!r}")
         if not (_finite(self.tol) and self.tol > 0): raise ValueError(f"`tol` must be a finite number > 0, got {self.tol!r}")
-        if not (isinstance(self.max_iters, Integral) and not isinstance(self.max_iters, bool) and self.max_iters >= 1):
+        if not ((type(self.max_iters) is int or isinstance(self.max_iters, Integral) and not isinstance(self.max_iters, bool)) and self.max_iters >= 1):
             raise ValueError(f"`max_iters` must be an int >= 1, got {self.max_iters!r}")
         for k,f in (('mean', float), ('std', float), ('tol', float), ('max_iters', int)):
             if getattr(self, k) is not None: object.__setattr__(self, k, f(getattr(self, k)))
@@ -133,7 +139,7 @@ class Status(str, Enum):
 
 _PLAIN = set(LSUV_TYPES) - {nn.MultiheadAttention}   # stock layers holding their weight and bias themselves
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False, slots=True)
 class Target:
     "A layer to adjust, as it is before the pass"
     name:str; module:nn.Module; idx:int
@@ -218,7 +224,7 @@ def _range(x:torch.Tensor)->list:
     x = x.detach()
     if x.is_complex(): x = torch.view_as_real(x)
     elif x.dtype == torch.bool: x = x.byte()
-    return torch.stack(torch.aminmax(x)).double().tolist()   # one pass over `x`, one read
+    return [v.item() for v in torch.aminmax(x)]   # one pass over `x`
 
 def batch_problem(xs)->int:
     "0 if the batch is usable, else the index of its problem in `_BATCH_PROBLEMS`"

@@ -10,9 +10,9 @@ import torch, torch.distributed as dist
 from torch import nn
 
 # %% auto #0
-__all__ = ['unwrap', 'module_names', 'param_docs', 'preserved_rng', 'preserved', 'loader_state_kept', 'Undo', 'world_size',
-           'global_rank', 'LayerOrderError', 'Local', 'AllRanks', 'is_dtensor', 'local', 'whole', 'write_', 'mirror_',
-           'fsdp_modules', 'reshard', 'fsdp_shards', 'check_placements']
+__all__ = ['unwrap', 'module_names', 'param_docs', 'preserved_rng', 'runs_user_code', 'preserved', 'loader_state_kept', 'Undo',
+           'world_size', 'global_rank', 'LayerOrderError', 'Local', 'AllRanks', 'is_dtensor', 'local', 'whole',
+           'write_', 'mirror_', 'fsdp_modules', 'reshard', 'fsdp_shards', 'check_placements']
 
 # %% ../nbs/01_utils.ipynb #99c24d73
 def unwrap(model:nn.Module)->nn.Module:
@@ -29,7 +29,7 @@ def module_names(model:nn.Module)->dict:
     while stack:   # (`named_modules` nests a generator per level: several times slower on a deep model)
         m,n = stack.pop()
         names.setdefault(m, n or type(m).__name__)
-        stack.extend(reversed([(c, f'{n}.{k}' if n else k) for k,c in m._modules.items() if c is not None]))
+        if m._modules: stack.extend(reversed([(c, f'{n}.{k}' if n else k) for k,c in m._modules.items() if c is not None]))
     return names
 
 # %% ../nbs/01_utils.ipynb #816bf87b
@@ -46,32 +46,56 @@ def param_docs(f, delegate=None):
 
 # %% ../nbs/01_utils.ipynb #7a85414c
 @contextmanager
-def preserved_rng():
-    "Restore the global torch (CPU and CUDA), numpy and python RNG states on exit"
-    state = torch.get_rng_state(), random.getstate()
+def preserved_rng(python:bool=True):
+    "Restore the global torch (CPU and CUDA) RNG states on exit, and numpy's and python's if `python`"
+    state = torch.get_rng_state(), (random.getstate() if python else None)
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try: import numpy as np; np_state = np.random.get_state()
-    except ImportError: np_state = None
+    np_state = None
+    if python:
+        try: import numpy as np; np_state = np.random.get_state()
+        except ImportError: pass
     try: yield
     finally:
-        torch.set_rng_state(state[0]); random.setstate(state[1])
+        torch.set_rng_state(state[0])
+        if state[1] is not None: random.setstate(state[1])
         if cuda_state is not None: torch.cuda.set_rng_state_all(cuda_state)
         if np_state is not None: np.random.set_state(np_state)
 
 # %% ../nbs/01_utils.ipynb #eac5c0e2
 def _is_custom(m:nn.Module)->bool: return not type(m).__module__.startswith('torch.nn.')
 
+def runs_user_code(mods:list)->bool:
+    "True if running `mods` may run code of the user's: a module of a type outside `torch.nn`, or a forward hook (a module's, or a global one)"
+    g = nn.modules.module
+    if g._global_forward_hooks or g._global_forward_pre_hooks: return True
+    return any(_is_custom(m) or m._forward_hooks or m._forward_pre_hooks for m in mods)
+
+def _set_training(m:nn.Module, mode:bool):
+    "`m.training = mode`, without `nn.Module.__setattr__` (slow, and needing nothing for a flag) where the class keeps it"
+    if type(m).__setattr__ is nn.Module.__setattr__ and 'training' in m.__dict__: m.__dict__['training'] = mode
+    else: m.training = mode
+
+def _train(model:nn.Module, mods:list, mode:bool):
+    "`model.train(mode)` (`mods`: its modules): the flags set directly where no module has a `train` of its own"
+    if not isinstance(mode, bool) or any(type(m).train is not nn.Module.train for m in mods): model.train(mode)
+    else:
+        for m in mods: _set_training(m, mode)
+
 @contextmanager
-def preserved(model:nn.Module, mods:list|None=None, rng:bool=True):
-    "Put back on exit: training flags, buffers, custom modules' attributes, global RNGs (unless not `rng`), the MHA fast path (`mods`: `model`'s modules, if known)"
+def preserved(model:nn.Module, mods:list|None=None, rng:bool=True, user:bool|None=None, mode:bool|None=None):
+    "Inside, `model` in train (`mode=True`) or eval mode (False; None: as it is); on exit put back its training flags, buffers, custom modules' attributes, global RNGs (unless not `rng`), the MHA fast path (`mods`: `model`'s modules, `user`: `runs_user_code(mods)`, if known)"
     mods = list(model.modules()) if mods is None else mods
-    flags = [m.training for m in mods]
-    bufs = [(m, k, b, b.clone()) for m in mods for k,b in m._buffers.items() if b is not None and not nn.parameter.is_lazy(b)]
-    attrs = [(m, dict(vars(m))) for m in mods if _is_custom(m)]
+    flags,bufs,attrs = [],[],[]
+    for m in mods:   # (one pass: on a model of many small layers, each one counts)
+        flags.append(m.training)
+        if m._buffers: bufs += [(m, k, b, b.clone()) for k,b in m._buffers.items() if b is not None and not nn.parameter.is_lazy(b)]
+        if _is_custom(m): attrs.append((m, dict(vars(m))))
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         torch.backends.mha.set_fastpath_enabled(False)
-        with (preserved_rng() if rng else nullcontext()): yield
+        with (preserved_rng(python=runs_user_code(mods) if user is None else user) if rng else nullcontext()):   # (torch.nn's own modules draw from torch's alone)
+            if mode is not None and any(f != mode for f in flags): _train(model, mods, mode)
+            yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m,saved in attrs:
@@ -79,7 +103,7 @@ def preserved(model:nn.Module, mods:list|None=None, rng:bool=True):
             for k,v in saved.items():
                 if vars(m).get(k, v) is not v: m.__dict__[k] = v
         for m,t in zip(mods, flags):
-            if m.training is not t: m.training = t
+            if m.training is not t: _set_training(m, t)
         with torch.no_grad():
             for m,k,b,saved in bufs: m._buffers[k] = b; b.copy_(saved)
 
@@ -226,28 +250,32 @@ def mirror_(shards, t):
     "Write `t`, a layer's gathered copy of a parameter, into the parameter's `shards` (FSDP2) unless they are `t` itself"
     if t is not shards and is_dtensor(shards): write_(shards, t)
 
-def fsdp_modules(model:nn.Module)->list:
-    "The modules of `model` that FSDP2's `fully_shard` manages"
+def fsdp_modules(model:nn.Module, mods:list|None=None)->list:
+    "The modules of `model` that FSDP2's `fully_shard` manages (`mods`: its modules, if known)"
     api = sys.modules.get('torch.distributed.fsdp._fully_shard._fully_shard')
-    return [] if api is None else [m for m in model.modules() if isinstance(m, api.FSDPModule)]
+    if api is None: return []
+    return [m for m in (model.modules() if mods is None else mods) if isinstance(m, api.FSDPModule)]
 
-def reshard(model:nn.Module):
+def reshard(model:nn.Module, mods:list|None=None):
     "FSDP2: register the shards as the parameters again, dropping gathered copies, so the next forward gathers the current values"
-    for m in fsdp_modules(model): m.reshard()
+    for m in fsdp_modules(model, mods): m.reshard()
 
-def fsdp_shards(model:nn.Module)->set:
+def fsdp_shards(model:nn.Module, mods:list|None=None)->set:
     "ids of the parameters FSDP2 shards over the data-parallel ranks and gathers whole for the forward (not on top of tensor parallel)"
     res = set()
-    for m in fsdp_modules(model):
+    for m in fsdp_modules(model, mods):
         state = m._get_fsdp_state()
         groups = getattr(state, '_fsdp_param_groups', None) or [g for g in [getattr(state, '_fsdp_param_group', None)] if g]
         res |= {id(p.sharded_param) for g in groups for p in g.fsdp_params if not p.is_dtensor}
     return res
 
-def check_placements(model:nn.Module, sync:bool=True):
+def check_placements(model:nn.Module, sync:bool=True, mods:list|None=None):
     "Raise, naming them, if `model` has `DTensor` parameters or buffers other than FSDP2's shards, or if `sync=False` on shards"
-    if _dtensor_type() is None: return
-    ok = fsdp_shards(model)
+    DT = _dtensor_type()
+    if DT is None or not (dist.is_available() and dist.is_initialized()): return   # (a DTensor needs a device mesh, and a mesh a process group)
+    mods = list(model.modules()) if mods is None else mods
+    if not any(isinstance(t, DT) for m in mods for d in (m._parameters, m._buffers) for t in d.values()): return   # (the common case, fast)
+    ok = fsdp_shards(model, mods)
     bad = [f"'{k}' ({', '.join(map(repr, t.placements))})" for k,t in (*model.named_parameters(), *model.named_buffers())
            if is_dtensor(t) and id(t) not in ok]
     if bad:

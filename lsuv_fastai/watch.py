@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch.overrides import TorchFunctionMode
 from torch import nn
-from .utils import _is_custom
+from .utils import runs_user_code
 from .targets import owner, Target
 
 # %% auto #0
@@ -18,15 +18,16 @@ __all__ = ['shared_weights', 'needs_watch']
 # %% ../nbs/04a_watch.ipynb #efc92f09
 def _own(t:Target)->bool:
     "True if `t`'s scaled tensors are parameters of `t`'s own module (or of its MHA's out_proj)"
-    return all(owner(t.module)._parameters.get(k) is p for k,p in (('weight', t.weight), ('bias', t.bias)) if isinstance(p, torch.Tensor))
+    ps = owner(t.module)._parameters
+    return (not isinstance(t.weight, torch.Tensor) or ps.get('weight') is t.weight) and (not isinstance(t.bias, torch.Tensor) or ps.get('bias') is t.bias)
 
 def _scaled_tensors(t:Target)->list: return [p for p in (t.weight, t.bias) if isinstance(p, torch.Tensor)]
 
 def shared_weights(names:dict, targets:list)->dict:
     "{target: (its scaled tensors that other modules use too, names of those modules)}; `names` is `module_names(model)`"
     live = [t for t in targets if not t.skip]
-    counts = Counter(id(p) for m in names for p in m._parameters.values() if p is not None)
-    if all(_own(t) and all(counts[id(p)] == 1 for p in _scaled_tensors(t)) for t in live): return {}   # the common case
+    ids = [id(p) for m in names for p in m._parameters.values() if p is not None]
+    if len(set(ids)) == len(ids) and all(map(_own, live)): return {}   # the common case: no parameter held twice, each target's its own
     holders = {}
     for m in names:
         for p in m._parameters.values():
@@ -43,10 +44,9 @@ def shared_weights(names:dict, targets:list)->dict:
     return res
 
 # %% ../nbs/04a_watch.ipynb #08e50ff0
-def needs_watch(names:dict, shared:dict)->bool:
+def needs_watch(names:dict, shared:dict, user:bool|None=None)->bool:
     "Whether anything in the model may read a target's weight outside its call: shared weights, custom modules or hooks"
-    if shared or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks: return True
-    return any(_is_custom(m) or m._forward_hooks or m._forward_pre_hooks for m in names)   # (a stock torch.nn module reads its own)
+    return bool(shared) or (runs_user_code(names) if user is None else user)   # (a stock torch.nn module reads its own weights only; `user`: `runs_user_code(names)`, if known)
 
 _METADATA = {torch.Tensor.size, torch.Tensor.numel, torch.Tensor.dim, torch.Tensor.ndimension, torch.Tensor.nelement,
              torch.Tensor.stride, torch.Tensor.is_contiguous, torch.Tensor.is_floating_point, torch.Tensor.is_complex,

@@ -82,6 +82,7 @@ def test_moments_and_mean_std():
     assert mean_std(2., 2., 2.) == (1., 0.)
     assert mean_std(2., 4., 10.) == (2., 2**0.5)   # two samples, 1 and 3: unbiased std sqrt(2)
     assert moments(torch.ones(1001, dtype=torch.bfloat16)) == [1001., 1001., 1001.]   # accumulated in float32, not bfloat16
+    assert moments(y.requires_grad_()) == [4., 12., 50.]   # (a tensor that requires grad: read as it is)
 
 
 @pytest.mark.parametrize('stats', [HostStats, DeviceStats])
@@ -236,10 +237,13 @@ def test_skip_reasons_and_target():
     assert (s.skip, s.weight, s.bias, s.shifted, s.affine) == ('no weight', None, None, False, False)
 
 
+class _Sub(torch.Tensor): pass   # a tensor subclass (fastai's `TensorBase`, a `Parameter`): not the fast path's plain tensor
+
 def test_main_tensor():
     a = torch.ones(2)
-    assert main_tensor(a) is a and main_tensor((a, None)) is a and main_tensor([a]) is a
-    assert main_tensor(()) is None and main_tensor((None, a)) is None and main_tensor(3) is None
+    for out in (a, (a, None), [a]): assert main_tensor(out) is a
+    for out in ((), (None, a), 3): assert main_tensor(out) is None
+    for sub in (a.as_subclass(_Sub), nn.Parameter(torch.ones(2))): assert main_tensor(sub) is sub
 
 
 # ---- batches

@@ -230,12 +230,10 @@ class _Pass:
     @torch.no_grad()
     def apply(self):
         "Write the closed-form corrections into the weights, in place, and set the re-run layers' numeric biases again"
-        ts = list(self.corrections)
-        if ts and self.stats.on_host: torch._foreach_mul_([t.weight for t in ts], [self.corrections[t][0] for t in ts])   # (one call: small models have many small tensors)
-        else:
-            for t in ts: t.weight.mul_(self.corrections[t][0])
-        for t in ts:
-            if t.bias is not None: affine_(t.bias, *self.corrections[t])   # b <- a*b + c: one operation, rounded once
+        for t,(a,c) in self.corrections.items():   # (on the host, the operation the pass corrects outputs with: a new kind costs a lot at its first use)
+            if self.stats.on_host: affine_(t.weight, a, 0.)
+            else: t.weight.mul_(a)
+            if t.bias is not None: affine_(t.bias, a, c)   # b <- a*b + c: one operation, rounded once
         for t,b in self.new_bias.items(): owner(t.module).bias = b   # `preserved` put the module's attributes back
 
     @property

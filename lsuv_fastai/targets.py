@@ -221,7 +221,6 @@ _BATCH_PROBLEMS = [None, 'is empty', 'holds NaN or inf', 'is constant (e.g. all 
 
 def _range(x:torch.Tensor)->list:
     "[min, max] of `x` as floats, NaN if it holds NaN (real and imaginary parts of a complex tensor)"
-    x = x.detach()
     if x.is_complex(): x = torch.view_as_real(x)
     elif x.dtype == torch.bool: x = x.byte()
     return [v.item() for v in torch.aminmax(x)]   # one pass over `x`

@@ -5,16 +5,14 @@
 # %% ../nbs/05_core.ipynb #f00d7c41
 from __future__ import annotations
 import math, time, warnings
-from collections import Counter
 from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
-from .utils import (unwrap, module_names, preserved, fsdp_modules, runs_user_code, Undo, Local, AllRanks, world_size, param_docs, write_,
-                               mirror_, reshard, check_placements)
-from .targets import (LSUV_TYPES, LSUV_TYPE_NAMES, owner, lsuv_layers, lsuv_targets, select, scaled_params,
-                                 is_affine, weight_norm_g, main_tensor, Settings, Status, Target, tensors, one_batch, batch_problem, n_samples,
-                                 is_loader, loader_batch,
-                                 _BATCH_PROBLEMS)
+from .utils import (unwrap, module_names, preserved, fsdp_modules, runs_user_code, Undo, Local, AllRanks, world_size,
+                               param_docs, write_, mirror_, reshard, check_placements)
+from .targets import (LSUV_TYPES, LSUV_TYPE_NAMES, owner, lsuv_layers, lsuv_targets, select, scaled_params, params_copy,
+                                 is_affine, weight_norm_g, main_tensor, Settings, Status, Target, tensors, one_batch, batch_problem,
+                                 n_samples, is_loader, loader_batch, _BATCH_PROBLEMS)
 from .stats import dead, correction, derived, trusted, unresponsive, affine_, ce_scale, HostStats, statistics_for
 from .report import Fit, row, LSUVReport, warn_about, layer_stats
 from .watch import shared_weights, needs_watch, _UseWatch
@@ -27,11 +25,6 @@ __all__ = ['lsuv_init']
 def _non_finite(t:Target)->ValueError:
     return ValueError(f"LSUV: non-finite activations at layer '{t.name}' ({type(t.module).__name__}); "
                       "check the batch and the layers before it; the model was not changed")
-
-def _params_copy(m:nn.Module)->tuple:
-    "A copy of `m`'s scaled (weight, bias)"
-    w,b = scaled_params(m)
-    return w.detach().clone(), (b.detach().clone() if isinstance(b, torch.Tensor) else b)
 
 # %% ../nbs/05_core.ipynb #f51537cc
 class _Pass:
@@ -49,35 +42,34 @@ class _Pass:
         self.new_bias = {}      # re-run path: target -> the number LSUV set as its (numeric) bias
         self.claimed = {}       # shared weights: id -> the target that adjusted it
         self.watch = _UseWatch(live if watch else [], self.order)   # (no targets: nothing to watch, no cost)
-        user_hooks = nn.modules.module._global_forward_hooks
-        self.hooked = {t: None for t in live if t.module._forward_hooks or user_hooks}   # targets with forward hooks of the user's (or global ones)
+        global_hooks = nn.modules.module._global_forward_hooks
+        self.hooked = {t: None for t in live if t.module._forward_hooks or global_hooks}   # targets with forward hooks of the user's (a module's or global ones)
         self.output,self.ptrs = None,{}   # the model's output; where each target's output lies (head='ce')
         self.forwards = {}      # target -> (its instance `forward` before the pass, or None; the forward the pass calls)
 
     def run(self, model:nn.Module, xb:tuple)->bool:
-        "Run `model` on the inputs `xb` with the hooks in place, then `finish`; False if the pass must be made again"
+        "Run `model` on the inputs `xb` with `hook` in each target's forward, then `finish`; False if the pass must be made again"
         hs = [t.module.register_forward_pre_hook(self.watch.enter, prepend=True) for t in self.watch.targets]   # (its pre-hooks are its call)
         hs += [t.module.register_forward_hook(self.after_user_hooks) for t in self.hooked]
         try:
-            for t in self.fits: self.wrap(t)
+            for t in self.fits: self.wrap_forward(t)
             with torch.no_grad(), (self.watch if self.watch.targets else nullcontext()): self.output = main_tensor(model(*xb))
         finally:
             for h in hs: h.remove()
-            for t in self.fits: self.unwrap(t)
+            for t in self.fits: self.restore_forward(t)
         return self.finish()
 
-    def wrap(self, t):
+    def wrap_forward(self, t):
         "Put `hook` in `t`'s forward: it sees the layer's own output before any forward hook, and a layer without hooks keeps torch's fast call"
         m = t.module
-        self.forwards[t] = m.__dict__.get('forward'), m.forward   # (the user's own instance `forward`, if any; what to call)
-        call = self.forwards[t][1]
+        own,call = self.forwards[t] = m.__dict__.get('forward'), m.forward   # (the user's own instance `forward`, if any; what to call)
         m.__dict__['forward'] = lambda *args, **kwargs: self.hook(m, args, kwargs, call(*args, **kwargs))
 
-    def unwrap(self, t):
-        if t not in self.forwards: return
-        own,_ = self.forwards.pop(t)
-        if own is None: t.module.__dict__.pop('forward', None)
-        else: t.module.__dict__['forward'] = own
+    def restore_forward(self, t):
+        "Put back `t`'s forward as it was before the pass"
+        if (saved := self.forwards.pop(t, None)) is None: return   # (not wrapped: the pass stopped before)
+        if saved[0] is None: t.module.__dict__.pop('forward', None)
+        else: t.module.__dict__['forward'] = saved[0]
 
     def hook(self, m, args, kwargs, out):
         "At a target's first call: measure and fit it; at a later call: replay its correction"
@@ -147,7 +139,7 @@ class _Pass:
         fit,goal = self.fits[t], self.goal
         self.save_params(t)
         if t not in self.closed: fit.found = self.measure(t, main_tensor(out), self.host)   # (a handed-over one was measured)
-        stats,out0,original = fit.found, out, _params_copy(t.module)
+        stats,out0,original = fit.found, out, params_copy(t.module)
         for k in range(1, goal.max_iters + 1):
             if goal.reached(*stats, t.shifted) or dead(*stats): break
             a,c = correction(*stats, goal, t.shifted)
@@ -172,7 +164,7 @@ class _Pass:
     def rescale(self, t, a, c)->tuple:
         "Weight to `a*w`, bias to `a*b + c` (when shifted); returns (whether anything changed, old weight, old bias)"
         w,b = scaled_params(t.module)
-        w0,b0 = _params_copy(t.module)
+        w0,b0 = params_copy(t.module)
         self.set_params(t, w*a, a*b + c if t.shifted else b)
         b1 = scaled_params(t.module)[1]
         return not (torch.equal(w, w0) and (torch.equal(b1, b0) if isinstance(b1, torch.Tensor) else b1 == b0)), w0, b0

@@ -14,8 +14,8 @@ from .utils import unwrap, module_names, loader_state_kept
 
 # %% auto #0
 __all__ = ['LSUV_TYPES', 'LSUV_TYPE_NAMES', 'SPECTRAL', 'owner', 'lsuv_layers', 'select', 'lsuv_targets', 'weight_norm_g',
-           'scaled_params', 'is_affine', 'main_tensor', 'skip_reason', 'Settings', 'Status', 'Target', 'tensors',
-           'one_batch', 'is_loader', 'loader_batch', 'batch_problem', 'n_samples']
+           'scaled_params', 'params_copy', 'is_affine', 'main_tensor', 'skip_reason', 'Settings', 'Status', 'Target',
+           'tensors', 'one_batch', 'is_loader', 'loader_batch', 'batch_problem', 'n_samples']
 
 # %% ../nbs/02_targets.ipynb #f78a9e8c
 LSUV_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -75,6 +75,11 @@ def scaled_params(m:nn.Module)->tuple:
     o = owner(m)
     g = weight_norm_g(o)
     return (getattr(o, 'weight', None) if g is None else g), getattr(o, 'bias', None)
+
+def params_copy(m:nn.Module)->tuple:
+    "A copy of `m`'s scaled (weight, bias)"
+    w,b = scaled_params(m)
+    return w.detach().clone(), (b.detach().clone() if isinstance(b, torch.Tensor) else b)
 
 def is_affine(m:nn.Module, w=None)->bool:
     "True if `m`'s output is exactly `W x + b` in its scaled weight (`w`, if known) and bias, so LSUV can solve it in closed form"

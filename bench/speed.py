@@ -230,7 +230,9 @@ METHOD_NOTES = """\
 * **peer**: `lsuv.lsuv_with_singlebatch(model, x, do_orthonorm=False, verbose=False)` from `lsuv` 0.3.0 (std tol 0.1,
   eval mode); orthonormal pre-init is off on both sides so that only the LSUV passes are timed. A peer run longer than
   {cap} s is stopped (SIGALRM) and counted as {cap} s: its cells then read ">=" (lower bounds).
-* **Time**: every call gets a fresh `copy.deepcopy` of the model (made outside the timed region). After one warm-up call,
+* **Time**: every call gets a fresh `copy.deepcopy` of the model and a `gc.collect()` (both outside the timed region), so
+  it starts with cold CPU caches, as a one-off call on a new model does: then each kind of torch operation and each
+  Python function costs several times more at its first use than in a loop, which weighs on the small models. After one warm-up call,
   each repeat runs forward, ours, peer back to back; columns are medians over {reps} repeats (for the peer: at most
   {peer_reps}, and no new one once it has run {budget} s on the model), and each ratio is the median over repeats of
   the ratio of two calls made in the same repeat.

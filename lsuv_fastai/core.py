@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_core.ipynb #f00d7c41
 from __future__ import annotations
-import math, time, warnings
+import math, time
 from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
@@ -295,9 +295,6 @@ def lsuv_init(model:nn.Module, # The model to initialize, in place
     in_order = [*run.order, *(t for t in targets if t not in run.order)]
     report = LSUVReport([row(t, run.fits[t]) for t in in_order], time.perf_counter() - start,
                         given=None if before is None else {names[m]: v for m,v in before.items()})
-    warn_about(in_order, run.fits)
-    if hooked := run.changed_by_hooks:
-        warnings.warn(f"LSUV: forward hooks of yours change the output of {', '.join(repr(t.name) for t in hooked)}: LSUV normalized "
-                      "each layer's own output; the layers after it see what the hooks make of it (and were fitted to that)", stacklevel=2)
+    warn_about(in_order, run.fits, run.changed_by_hooks)
     if verbose: print(report)
     return report

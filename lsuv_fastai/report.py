@@ -127,8 +127,8 @@ _WHY = {Status.DEAD: 'output has no variance; left as they were', Status.NOT_CAL
         Status.NOT_CONVERGED: "did not reach the target within max_iters (or their output does not follow their weights' "
                               "scale); left as close to it as LSUV got"}
 
-def warn_about(targets:list, fits:dict):
-    "Warn about every target that is not 'ok': skipped (with the reason), dead, not called, not converged"
+def warn_about(targets:list, fits:dict, hooked:list=()):
+    "Warn about every target that is not 'ok': skipped (with the reason), dead, not called, not converged; and about the `hooked` ones, whose output a hook of the user's changed"
     by_status = {}
     for t in targets:
         if fits[t].status is not Status.OK: by_status.setdefault(fits[t].status, []).append(t)
@@ -136,3 +136,5 @@ def warn_about(targets:list, fits:dict):
     for status,why in _WHY.items():
         names = [t.name for t in by_status.get(status, [])]
         if names: warnings.warn(f"LSUV: {len(names)} layer(s) {why}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}", stacklevel=3)
+    if hooked: warnings.warn(f"LSUV: forward hooks of yours change the output of {', '.join(repr(t.name) for t in hooked)}: LSUV normalized "
+                             "each layer's own output; the layers after it see what the hooks make of it (and were fitted to that)", stacklevel=3)
